@@ -1,0 +1,163 @@
+"""`DeltaConfig`: the parameters of a Delta Attention conversion, validated once.
+
+A config is a frozen dataclass so that it can be hashed, shared between layers and written into
+reports without anyone mutating it half-way through a conversion. Every field is checked in
+``__post_init__`` and a bad value raises ``ValueError`` naming the field and its allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["DeltaConfig", "Impl", "default_tail"]
+
+
+class Impl(str, enum.Enum):
+    """Which implementation of ``delta_opt::delta_attention`` runs in eager mode.
+
+    ``AUTO`` picks the fastest one available for the inputs' device: ``TRITON`` on CUDA when
+    Triton is importable, ``BLOCKED`` otherwise.
+    """
+
+    AUTO = "auto"
+    REFERENCE = "reference"
+    BLOCKED = "blocked"
+    TRITON = "triton"
+
+    @classmethod
+    def parse(cls, value: "Impl | str", *, name: str = "impl") -> "Impl":
+        """Return ``value`` as an ``Impl``; an unknown string raises ``ValueError`` listing the valid ones."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.lower())
+            except ValueError:
+                pass
+        valid = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"{name} must be one of {valid}; got {value!r}")
+
+
+def default_tail(stride: int) -> int:
+    """The paper's dense tail length for a stride: ``max(128, stride)``."""
+    return max(128, stride)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    # bool is an int subclass; `window=True` is a bug, not a window of 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaConfig:
+    """Parameters of Delta Attention (DESIGN §1) and of how a conversion applies it.
+
+    Attributes:
+        window: sliding-window size W >= 1; key j is in the window of query i when |i - j| < W.
+        sinks: number S >= 0 of leading keys every query may attend to.
+        stride: anchor stride G >= 1; every G-th query row is computed densely and its
+            dense-minus-sparse difference corrects the G - 1 rows after it.
+        tail: number T >= 0 of final rows computed densely; ``None`` means the paper's
+            ``max(128, stride)`` (see :attr:`resolved_tail`).
+        min_seq_len: sequences shorter than this run dense attention (nothing to save there).
+        impl: which eager implementation runs the op (:class:`Impl`; strings are accepted).
+    """
+
+    window: int = 2048
+    sinks: int = 1024
+    stride: int = 64
+    tail: int | None = None
+    min_seq_len: int = 0
+    impl: Impl = Impl.AUTO
+
+    def __post_init__(self) -> None:
+        _check_int("window", self.window, 1)
+        _check_int("sinks", self.sinks, 0)
+        _check_int("stride", self.stride, 1)
+        if self.tail is not None:
+            _check_int("tail", self.tail, 0)
+        _check_int("min_seq_len", self.min_seq_len, 0)
+        # Frozen dataclass: coerce a string selector to the enum through object.__setattr__.
+        object.__setattr__(self, "impl", Impl.parse(self.impl))
+
+    @property
+    def resolved_tail(self) -> int:
+        """The dense tail length actually used: ``tail``, or ``max(128, stride)`` when unset."""
+        return default_tail(self.stride) if self.tail is None else self.tail
+
+    def op_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``delta_opt::delta_attention`` that this config determines."""
+        return {
+            "window": self.window,
+            "sinks": self.sinks,
+            "stride": self.stride,
+            "tail": self.resolved_tail,
+            "impl": self.impl.value,
+        }
+
+    def replace(self, **changes: Any) -> "DeltaConfig":
+        """A copy with ``changes`` applied (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    # ---- serialisation -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-serialisable values; ``from_dict(to_dict(c)) == c``."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DeltaConfig":
+        """Build a config from a mapping; an unknown key raises ``ValueError`` listing the valid ones."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"DeltaConfig.from_dict expects a mapping; got {type(data).__name__}")
+        valid = cls.field_names()
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown DeltaConfig key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(valid)}"
+            )
+        return cls(**dict(data))
+
+    @classmethod
+    def from_toml(cls, path: str | Path, *, table: str | None = None) -> "DeltaConfig":
+        """Load a config from a TOML file: its top-level keys, or those of ``[table]`` when given.
+
+        Example file::
+
+            window = 256
+            sinks = 64
+            stride = 32
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        with path.open("rb") as f:
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        if table is not None:
+            if table not in data or not isinstance(data[table], dict):
+                raise ValueError(f"config file {str(path)!r} has no [{table}] table")
+            data = data[table]
+        return cls.from_dict(data)

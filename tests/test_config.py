@@ -1,0 +1,78 @@
+"""DeltaConfig: validation, serialisation round trips, TOML loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from delta_opt import DeltaConfig, Impl
+
+
+def test_defaults_are_the_papers():
+    config = DeltaConfig()
+    assert (config.window, config.sinks, config.stride) == (2048, 1024, 64)
+    assert config.tail is None and config.resolved_tail == 128
+    assert DeltaConfig(stride=256).resolved_tail == 256
+    assert config.impl is Impl.AUTO
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("window", 0, "window must be an integer >= 1; got 0"),
+        ("window", 1.5, "window must be an integer >= 1; got 1.5"),
+        ("window", True, "window must be an integer >= 1; got True"),
+        ("sinks", -1, "sinks must be an integer >= 0; got -1"),
+        ("stride", 0, "stride must be an integer >= 1; got 0"),
+        ("tail", -5, "tail must be an integer >= 0; got -5"),
+        ("min_seq_len", -1, "min_seq_len must be an integer >= 0"),
+        ("impl", "cuda", "impl must be one of 'auto', 'reference', 'blocked', 'triton'; got 'cuda'"),
+    ],
+)
+def test_bad_values_name_the_field_and_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DeltaConfig(**{field: value})
+
+
+def test_impl_string_is_coerced_to_the_enum():
+    assert DeltaConfig(impl="BLOCKED").impl is Impl.BLOCKED
+
+
+def test_frozen():
+    with pytest.raises(Exception):
+        DeltaConfig().window = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [DeltaConfig(), DeltaConfig(window=128, sinks=32, stride=16, tail=0, min_seq_len=512, impl="reference")],
+)
+def test_dict_round_trip(config):
+    data = config.to_dict()
+    assert data["impl"] == config.impl.value  # plain values, ready for JSON/TOML
+    assert DeltaConfig.from_dict(data) == config
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown DeltaConfig key\\(s\\) 'windw'; valid keys are window, sinks"):
+        DeltaConfig.from_dict({"windw": 3})
+
+
+def test_from_toml(tmp_path):
+    path = tmp_path / "delta-opt.toml"
+    path.write_text('window = 256\nsinks = 64\nstride = 32\nimpl = "blocked"\n\n[check]\nmax_kl = 0.1\n')
+    with pytest.raises(ValueError, match="unknown DeltaConfig key\\(s\\) 'check'"):
+        DeltaConfig.from_toml(path)
+    path.write_text('[attention]\nwindow = 256\nsinks = 64\nstride = 32\nimpl = "blocked"\n')
+    assert DeltaConfig.from_toml(path, table="attention") == DeltaConfig(window=256, sinks=64, stride=32, impl="blocked")
+
+
+def test_from_toml_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        DeltaConfig.from_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("window = = 3")
+    with pytest.raises(ValueError, match="is not valid TOML"):
+        DeltaConfig.from_toml(bad)
+    bad.write_text("window = 3")
+    with pytest.raises(ValueError, match=r"has no \[attention\] table"):
+        DeltaConfig.from_toml(bad, table="attention")
