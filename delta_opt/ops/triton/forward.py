@@ -48,7 +48,7 @@ def run_kernels(
 
     q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], ``attn_mask`` None or a key mask
     broadcastable to [B, Hq, 1, Nk]. Returns [B, Hq, Nq, Dv] in the dtype of q. Scratch beyond
-    the output: the [B, Hq, Np / G, Dv] anchor corrections and, with a mask, O(B * Hq * Nk).
+    the output: the [B, Hq, Np / G, Dv] anchor corrections and, with a mask, an O(B * Hq * Nk) bias.
     """
     if q.device.type == "cpu" and not INTERPRETED:
         raise RuntimeError(
@@ -68,11 +68,10 @@ def run_kernels(
     delta = torch.empty(plan.delta_shape, dtype=acc_dtype, device=q.device)
     scale_t = torch.tensor([plan.qk_scale_log2], dtype=acc_dtype, device=q.device)
     if attn_mask is None:
-        bias, first_key = scale_t, torch.zeros(1, dtype=torch.int32, device=q.device)  # unread
-        bias_strides, first_strides = (0, 0), (0, 0)
+        bias, bias_strides = scale_t, (0, 0)  # never read: HAS_BIAS is False
     else:
-        bias, first_key = key_mask_bias(attn_mask, shape, acc_dtype)
-        bias_strides, first_strides = bias.stride()[:2], first_key.stride()
+        bias = key_mask_bias(attn_mask, shape, acc_dtype)
+        bias_strides = bias.stride()[:2]
     tensor_strides = (*strides(q), *strides(k), *strides(v), *out.stride(), *_delta_strides(delta))
     common = dict(
         CAUSAL=causal,
@@ -94,8 +93,7 @@ def run_kernels(
     )  # fmt: skip
     if plan.sparse_grid is not None:
         kernels.delta_sparse_kernel[plan.sparse_grid](
-            q, k, v, out, delta, bias, first_key, scale_t, *tensor_strides, *bias_strides,
-            *first_strides, plan.q_heads, plan.group, plan.n_k, plan.n_corrected, plan.stride,
+            q, k, v, out, delta, bias, scale_t, *tensor_strides, *bias_strides, plan.q_heads, plan.group, plan.n_k, plan.n_corrected, plan.stride,
             plan.head_dim, plan.value_dim, plan.window, plan.sinks, **common,
         )  # fmt: skip
     return out

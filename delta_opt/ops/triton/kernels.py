@@ -370,7 +370,6 @@ def delta_sparse_kernel(
     Out,
     Delta,
     Bias,
-    FirstKey,
     Scale,
     stride_qb,
     stride_qh,
@@ -394,8 +393,6 @@ def delta_sparse_kernel(
     stride_dd,
     stride_biasb,
     stride_biash,
-    stride_fb,
-    stride_fh,
     q_heads,
     group,
     n_k,
@@ -417,7 +414,6 @@ def delta_sparse_kernel(
     """Rows ``[0, Np)`` that are not anchors: ``O_s(i) + Delta[i // G]`` into ``Out``.
 
     Grid: (cdiv(Np, BLOCK_M), B * Hq); runs after :func:`delta_dense_kernel` filled ``Delta``.
-    With a key bias, a row with no visible key at all (``FirstKey`` beyond it) outputs 0.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -455,15 +451,9 @@ def delta_sparse_kernel(
         mask=valid[:, None] & (offs_dv[None, :] < value_dim),
         other=0.0,
     )
+    # A row with no visible key needs no special case: under a key mask its anchor (a <= i) sees
+    # no key either, so O_s(i) = 0 and Delta = 0 - 0.
     out = out + delta
-    if HAS_BIAS:
-        # A row whose every key is masked outputs zeros, correction included (DESIGN §1).
-        first_key = tl.load(FirstKey + batch * stride_fb + head * stride_fh)
-        if CAUSAL:
-            has_key = rows >= first_key
-        else:
-            has_key = rows * 0 + first_key < n_k
-        out = tl.where(has_key[:, None], out, 0.0)
     o_base = Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
     # Anchor rows already hold O_d from the dense kernel: leave them exact.
     store = valid & (rows % anchor_stride != 0)

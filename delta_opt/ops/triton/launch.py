@@ -66,10 +66,10 @@ def block_config(
     GPU: 128 x 64 tiles with 8 warps for 16-bit inputs up to D = 128 (FlashAttention-2's usual
     Hopper/Ampere choice; the sparse pass wastes ``BLOCK_M / W`` of its work on window edges, 6%
     at W = 2048), halved for fp32 and for D = 256 to stay in registers and shared memory. The
-    CPU interpreter takes 32 x 16 tiles so that small test shapes still cross several blocks.
+    CPU interpreter, where time goes per operation rather than per element, takes 64 x 32.
     """
     if interpret:
-        return BlockConfig(block_m=32, block_n=16, num_warps=1, num_stages=1)
+        return BlockConfig(block_m=64, block_n=32, num_warps=1, num_stages=1)
     width = max(padded_dim(head_dim), padded_dim(value_dim))
     if dtype in (torch.float32, torch.float64):
         return BlockConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
@@ -235,10 +235,8 @@ def unsupported_reason(
     return None
 
 
-def key_mask_bias(
-    attn_mask: torch.Tensor, shape: AttentionShape, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A key mask as the kernels read it: an additive bias in log2 units, and each head's first visible key.
+def key_mask_bias(attn_mask: torch.Tensor, shape: AttentionShape, dtype: torch.dtype) -> torch.Tensor:
+    """A key mask as the kernels read it: an additive bias in log2 units, viewed as [B, Hq, Nk].
 
     Args:
         attn_mask: bool (True = may attend) or additive float, broadcastable to [B, Hq, 1, Nk].
@@ -246,9 +244,8 @@ def key_mask_bias(
         dtype: the accumulator dtype (float32, or float64 for float64 inputs).
 
     Returns:
-        ``bias`` viewed as [B, Hq, Nk] (broadcast dims have stride 0; ``-inf`` where masked,
-        ``mask * log2(e)`` otherwise) and ``first_key`` [B, Hq] int32: the first visible key of
-        each (batch, head), ``Nk`` when there is none. Both are O(B * Nk) in memory.
+        ``-inf`` where masked, ``mask * log2(e)`` otherwise; broadcast dims keep stride 0, so it
+        holds O(B * Nk) values for a key-padding mask.
     """
     mask = _as_4d(attn_mask)[:, :, 0]  # [B|1, Hq|1, Nk|1]
     if mask.dtype == torch.bool:
@@ -256,8 +253,6 @@ def key_mask_bias(
     else:
         bias = mask.to(dtype) * math.log2(math.e)
     bias = bias.expand(shape.batch, shape.q_heads, shape.kv_len)
-    if bias.stride(2) != 1:  # a mask broadcast along the keys: materialise the O(Nk) row
+    if bias.stride(2) != 1:  # one value for all keys: materialise the row the kernels index
         bias = bias.contiguous()
-    visible = bias > float("-inf")
-    first = torch.where(visible.any(dim=2), visible.to(torch.int8).argmax(dim=2), shape.kv_len)
-    return bias, first.to(torch.int32)
+    return bias
