@@ -129,6 +129,20 @@ class KernelPlan:
             return None
         return (cdiv(self.n_corrected, self.blocks.block_m), self.batch * self.q_heads)
 
+    def dense_rows(self) -> torch.Tensor:
+        """The query rows the dense kernel writes, in its order (the kernel computes the same map).
+
+        Together with the rows the sparse kernel stores (``i < Np`` and ``i % G != 0``) they are
+        every row exactly once.
+        """
+        r = torch.arange(self.n_dense_rows)
+        return torch.where(r < self.n_anchors, r * self.stride, self.n_corrected + r - self.n_anchors)
+
+    def sparse_rows(self) -> torch.Tensor:
+        """The query rows the sparse kernel stores: ``[0, Np)`` less the anchors."""
+        rows = torch.arange(self.n_corrected)
+        return rows[rows % self.stride != 0]
+
     @property
     def delta_shape(self) -> tuple[int, int, int, int]:
         """The anchor correction buffer [B, Hq, Np / G, Dv]: the only scratch beyond the output."""
