@@ -36,9 +36,9 @@ def test_head_dims_pad_to_a_power_of_two_of_at_least_16(dim, padded):
 def test_block_config_by_dtype_and_head_dim():
     assert block_config(128, 128, torch.bfloat16) == BlockConfig(128, 64, 8, 3)
     assert block_config(80, 80, torch.float16) == BlockConfig(128, 64, 8, 3)  # padded to 128
-    assert block_config(64, 64, torch.bfloat16) == BlockConfig(128, 64, 4, 3)
-    assert block_config(256, 256, torch.bfloat16).block_m == 64
-    assert block_config(64, 64, torch.float32).block_m == 64
+    assert block_config(64, 64, torch.bfloat16) == BlockConfig(128, 64, 8, 3)
+    assert block_config(256, 256, torch.bfloat16) == BlockConfig(64, 32, 8, 2)
+    assert block_config(64, 64, torch.float32) == BlockConfig(64, 32, 8, 2)
     assert block_config(128, 128, torch.bfloat16, interpret=True) == BlockConfig(64, 32, 1, 1)
 
 

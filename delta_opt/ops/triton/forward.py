@@ -11,22 +11,22 @@ import torch
 
 from ..checks import AttentionShape
 from . import kernels
-from .launch import BlockConfig, KernelPlan, key_mask_bias, plan_launch, strides
+from .launch import (
+    BlockConfig,
+    KernelBuffers,
+    KernelPlan,
+    accumulator_dtype,
+    constexprs,
+    dense_kernel_args,
+    key_mask_bias,
+    plan_launch,
+    sparse_kernel_args,
+)
 
 __all__ = ["INTERPRETED", "run_kernels"]
 
 # Under TRITON_INTERPRET, Triton's decorator returns an InterpretedFunction, not a JITFunction.
 INTERPRETED = type(kernels.delta_dense_kernel).__name__ == "InterpretedFunction"
-
-
-def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs get exact fp32 products (not TF32) so that they meet fp32 tolerances; the
-    # option is ignored for 16-bit inputs.
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
 def run_kernels(
@@ -59,46 +59,24 @@ def run_kernels(
         shape, q.dtype, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail,
         scale=scale, interpret=INTERPRETED, blocks=blocks,
     )  # fmt: skip
-    acc_dtype = _accumulator_dtype(q.dtype)
+    acc_dtype = accumulator_dtype(q.dtype)
     out = q.new_empty(plan.batch, plan.q_heads, plan.n_q, plan.value_dim)
     if out.numel() == 0:
         return out
     if plan.n_k == 0:
         return out.zero_()
-    delta = torch.empty(plan.delta_shape, dtype=acc_dtype, device=q.device)
-    scale_t = torch.tensor([plan.qk_scale_log2], dtype=acc_dtype, device=q.device)
-    if attn_mask is None:
-        bias, bias_strides = scale_t, (0, 0)  # never read: HAS_BIAS is False
-    else:
-        bias = key_mask_bias(attn_mask, shape, acc_dtype)
-        bias_strides = bias.stride()[:2]
-    tensor_strides = (*strides(q), *strides(k), *strides(v), *out.stride(), *_delta_strides(delta))
-    common = dict(
-        CAUSAL=causal,
-        HAS_BIAS=attn_mask is not None,
-        UPCAST=INTERPRETED,  # the interpreter's bf16 dot is wrong: compute dots in fp32 there
-        PRECISION=_precision(q.dtype),
-        BLOCK_M=plan.blocks.block_m,
-        BLOCK_N=plan.blocks.block_n,
-        BLOCK_D=plan.block_d,
-        BLOCK_DV=plan.block_dv,
+    buffers = KernelBuffers(
+        q=q, k=k, v=v, out=out,
+        delta=torch.empty(plan.delta_shape, dtype=acc_dtype, device=q.device),
+        scale=torch.tensor([plan.qk_scale_log2], dtype=acc_dtype, device=q.device),
+        bias=None if attn_mask is None else key_mask_bias(attn_mask, shape, acc_dtype),
+    )  # fmt: skip
+    options = dict(
+        constexprs(plan, q.dtype, has_bias=attn_mask is not None, interpret=INTERPRETED),
         num_warps=plan.blocks.num_warps,
         num_stages=plan.blocks.num_stages,
     )
-    kernels.delta_dense_kernel[plan.dense_grid](
-        q, k, v, out, delta, bias, scale_t, *tensor_strides, *bias_strides,
-        plan.q_heads, plan.group, plan.n_q, plan.n_k, plan.n_dense_rows, plan.n_anchors,
-        plan.n_corrected, max(1, plan.stride), plan.causal_offset, plan.head_dim, plan.value_dim,
-        plan.window, plan.sinks, **common,
-    )  # fmt: skip
+    kernels.delta_dense_kernel[plan.dense_grid](**dense_kernel_args(plan, buffers), **options)
     if plan.sparse_grid is not None:
-        kernels.delta_sparse_kernel[plan.sparse_grid](
-            q, k, v, out, delta, bias, scale_t, *tensor_strides, *bias_strides, plan.q_heads, plan.group, plan.n_k, plan.n_corrected, plan.stride,
-            plan.head_dim, plan.value_dim, plan.window, plan.sinks, **common,
-        )  # fmt: skip
+        kernels.delta_sparse_kernel[plan.sparse_grid](**sparse_kernel_args(plan, buffers), **options)
     return out
-
-
-def _delta_strides(delta: torch.Tensor) -> tuple[int, ...]:
-    # An empty buffer (no anchors) still needs four strides; its pointer is never dereferenced.
-    return delta.stride() if delta.dim() == 4 else (0, 0, 0, 0)
