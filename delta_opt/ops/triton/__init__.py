@@ -8,7 +8,8 @@ over 256, float64 on a GPU, ...) run on ``blocked`` instead, and the reason is l
 
 - :mod:`.launch` — grids, tiles, strides, support checks: plain Python, shared with AOT builds;
 - :mod:`.kernels` — the ``@triton.jit`` kernels;
-- :mod:`.forward` — the eager launcher.
+- :mod:`.forward` — the eager launcher;
+- :mod:`.cross_compile` — cubins for a GPU architecture, built on any machine.
 """
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ def delta_dense_kernel(
     batch = pid_bh // q_heads
     head = pid_bh % q_heads
     kv_head = head // group
-    ACC_TY: tl.constexpr = Delta.dtype.element_ty
+    acc_ty = Delta.dtype.element_ty  # fp32, or fp64 for fp64 inputs
 
     r = block * BLOCK_M + tl.arange(0, BLOCK_M)
     valid = r < n_rows
@@ -323,9 +323,9 @@ def delta_dense_kernel(
     )
     qk_scale = tl.load(Scale)
 
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=ACC_TY)
-    l_i = tl.zeros([BLOCK_M], dtype=ACC_TY)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC_TY)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=acc_ty)
+    l_i = tl.zeros([BLOCK_M], dtype=acc_ty)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=acc_ty)
     if CAUSAL:
         hi = tl.cdiv(tl.maximum(tl.minimum(row_max + causal_offset + 1, n_k), 0), BLOCK_N)
         full_hi = tl.maximum(tl.minimum(row_min + causal_offset + 1, n_k), 0) // BLOCK_N
@@ -352,7 +352,7 @@ def delta_dense_kernel(
         out_s = _sparse_attention(
             q, k_base, v_base, bias_base, rows, row_min, anchor_max, n_k, head_dim, value_dim,
             qk_scale, window, sinks, stride_kn, stride_kd, stride_vn, stride_vd,
-            ACC_TY, CAUSAL, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
+            acc_ty, CAUSAL, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
         )  # fmt: skip
         d_base = Delta + batch.to(tl.int64) * stride_db + head.to(tl.int64) * stride_dh
         tl.store(
@@ -420,7 +420,7 @@ def delta_sparse_kernel(
     batch = pid_bh // q_heads
     head = pid_bh % q_heads
     kv_head = head // group
-    ACC_TY: tl.constexpr = Delta.dtype.element_ty
+    acc_ty = Delta.dtype.element_ty  # fp32, or fp64 for fp64 inputs
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     valid = rows < n_corrected
@@ -442,7 +442,7 @@ def delta_sparse_kernel(
     out = _sparse_attention(
         q, k_base, v_base, bias_base, rows, row_min, row_max, n_k, head_dim, value_dim,
         qk_scale, window, sinks, stride_kn, stride_kd, stride_vn, stride_vd,
-        ACC_TY, CAUSAL, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
+        acc_ty, CAUSAL, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
     )  # fmt: skip
 
     d_base = Delta + batch.to(tl.int64) * stride_db + head.to(tl.int64) * stride_dh
