@@ -8,6 +8,15 @@ import pytest
 import torch
 
 from delta_opt.ops.checks import AttentionShape
+from delta_opt.ops.triton.arguments import (
+    KernelBuffers,
+    accumulator_dtype,
+    compile_signature,
+    constexprs,
+    dense_kernel_args,
+    sparse_kernel_args,
+    specialize,
+)
 from delta_opt.ops.triton.launch import (
     BlockConfig,
     block_config,
@@ -138,3 +147,64 @@ def test_key_mask_bias_in_log2_units_with_broadcast_heads():
     # One verdict for all keys still gives the kernels a row to index.
     bias = key_mask_bias(torch.ones(2, 1, 1, 1, dtype=torch.bool), shape, torch.float32)
     assert bias.shape == (2, 4, 6) and bias.stride(2) == 1
+
+
+# ---- kernel arguments ----------------------------------------------------------------------
+
+
+def _buffers(plan, mask: bool):
+    def meta(*shape, dtype=torch.bfloat16):
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    return KernelBuffers(
+        q=meta(plan.batch, plan.q_heads, plan.n_q, plan.head_dim),
+        k=meta(plan.batch, plan.kv_heads, plan.n_k, plan.head_dim),
+        v=meta(plan.batch, plan.kv_heads, plan.n_k, plan.value_dim),
+        out=meta(plan.batch, plan.q_heads, plan.n_q, plan.value_dim),
+        delta=meta(*plan.delta_shape, dtype=torch.float32),
+        scale=meta(1, dtype=torch.float32),
+        bias=meta(plan.batch, 1, plan.n_k, dtype=torch.float32).expand(plan.batch, plan.q_heads, plan.n_k) if mask else None,
+    )
+
+
+def test_kernel_arguments_follow_the_plan():
+    plan = _plan(_shape(batch=2, q_heads=4, kv_heads=2))
+    buffers = _buffers(plan, mask=True)
+    dense, sparse = dense_kernel_args(plan, buffers), sparse_kernel_args(plan, buffers)
+    assert dense["n_rows"] == plan.n_dense_rows and dense["n_anchors"] == plan.n_anchors
+    assert dense["anchor_stride"] == sparse["anchor_stride"] == 8 and sparse["n_corrected"] == plan.n_corrected
+    assert dense["group"] == 2 and dense["Q"] is buffers.q
+    assert (dense["stride_qb"], dense["stride_qh"], dense["stride_qn"], dense["stride_qd"]) == (4 * 1000 * 64, 1000 * 64, 64, 1)
+    assert (dense["stride_biasb"], dense["stride_biash"]) == (1000, 0)  # one bias row per batch, shared by heads
+    unmasked = dense_kernel_args(plan, _buffers(plan, mask=False))
+    assert unmasked["Bias"] is unmasked["Scale"] and unmasked["stride_biasb"] == 0
+    compile_time = constexprs(plan, torch.bfloat16, has_bias=True, interpret=False)
+    assert compile_time == dict(CAUSAL=True, HAS_BIAS=True, UPCAST=False, PRECISION="tf32",
+                                BLOCK_M=128, BLOCK_N=64, BLOCK_D=64, BLOCK_DV=64)  # fmt: skip
+    assert constexprs(plan, torch.float32, has_bias=False, interpret=True)["PRECISION"] == "ieee"
+    assert accumulator_dtype(torch.bfloat16) == torch.float32 and accumulator_dtype(torch.float64) == torch.float64
+
+
+def test_specialisation_matches_the_jit():
+    assert specialize(1) == ("constexpr", 1)
+    assert specialize(64) == ("i32", "D") and specialize(65) == ("i32", "")
+    assert specialize(2**33) == ("i64", "D")
+    assert specialize(torch.empty(4, dtype=torch.bfloat16, device="meta")) == ("*bf16", "D")
+    assert specialize(0.5) == ("fp32", None)
+    with pytest.raises(TypeError, match="cannot specialise"):
+        specialize("x")
+    # Where Triton is installed, its own (native) specialisation agrees.
+    native = pytest.importorskip("triton._C.libtriton").native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    for value in (1, 0, 16, 17, 2**31, 2**33 + 16, 0.25, torch.zeros(3, dtype=torch.float16), torch.zeros(5)[1:]):
+        assert specialize(value) == tuple(native(BaseBackend, value, False, True, True)), value
+
+
+def test_compile_signature_marks_constexprs_and_divisibility():
+    signature, consts, attrs = compile_signature(
+        ["X", "n", "one", "BLOCK"], {"X": torch.empty(8, device="meta"), "n": 48, "one": 1}, {"BLOCK": 64}
+    )
+    assert signature == {"X": "*fp32", "n": "i32", "one": "constexpr", "BLOCK": "constexpr"}
+    assert consts == {"one": 1, "BLOCK": 64}
+    assert attrs == {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}

@@ -6,7 +6,8 @@ tensors under ``TRITON_INTERPRET=1``), and :func:`delta_attention_triton` import
 on its first call. Inputs the kernels do not take (a mask that varies per query row, head dims
 over 256, float64 on a GPU, ...) run on ``blocked`` instead, and the reason is logged once.
 
-- :mod:`.launch` — grids, tiles, strides, support checks: plain Python, shared with AOT builds;
+- :mod:`.launch` — grids, tiles, row split, support checks: plain Python, shared with AOT builds;
+- :mod:`.arguments` — the kernels' argument lists and their JIT specialisation, from a plan;
 - :mod:`.kernels` — the ``@triton.jit`` kernels;
 - :mod:`.forward` — the eager launcher;
 - :mod:`.cross_compile` — cubins for a GPU architecture, built on any machine.

@@ -2,7 +2,7 @@
 
 Triton ships its own LLVM and ``ptxas``, so a cubin for sm_80/89/90 can be built without a GPU:
 the arguments of one call are made of ``meta`` tensors, passed through the launcher's own
-argument builders (:mod:`.launch`), specialised the way the JIT does (unit values and 16-byte
+argument builders (:mod:`.arguments`), specialised the way the JIT does (unit values and 16-byte
 alignment), and compiled. The test-suite uses this to check the compiled (not interpreted) path
 on CPU-only CI; an ahead-of-time build can start from it.
 
@@ -20,16 +20,15 @@ from typing import Any
 import torch
 
 from ..checks import AttentionShape, resolve_tail
-from .launch import (
-    BlockConfig,
+from .arguments import (
     KernelBuffers,
     accumulator_dtype,
     compile_signature,
     constexprs,
     dense_kernel_args,
-    plan_launch,
     sparse_kernel_args,
 )
+from .launch import BlockConfig, plan_launch
 
 __all__ = ["compile_kernels", "resource_usage"]
 

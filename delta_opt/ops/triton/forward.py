@@ -11,17 +11,8 @@ import torch
 
 from ..checks import AttentionShape
 from . import kernels
-from .launch import (
-    BlockConfig,
-    KernelBuffers,
-    KernelPlan,
-    accumulator_dtype,
-    constexprs,
-    dense_kernel_args,
-    key_mask_bias,
-    plan_launch,
-    sparse_kernel_args,
-)
+from .arguments import KernelBuffers, accumulator_dtype, constexprs, dense_kernel_args, sparse_kernel_args
+from .launch import BlockConfig, KernelPlan, key_mask_bias, plan_launch
 
 __all__ = ["INTERPRETED", "run_kernels"]
 
