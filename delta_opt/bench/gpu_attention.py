@@ -9,8 +9,8 @@ the same bf16 inputs in the same process:
 - ``flex``: Delta Attention composed from compiled FlexAttention (:mod:`.flex_delta`),
 
 next to the FLOP-ideal speed-up (:func:`delta_opt.ops.cost.attention_cost`), plus the error of
-the kernels against the float64 reference at 8K, against ``blocked`` at 32K, and a small matrix
-of dtype / head-dim / mask checks against the reference.
+the kernels against the float64 reference at 8K and against ``blocked`` at 32K (first), and a
+small matrix of dtype / head-dim / mask checks against the reference (last, if time is left).
 
 Sizes that would not finish in the time budget are skipped, and say so, using seconds-per-pair
 rates measured on the way (priors from an H200 before the first measurement); an out-of-memory
@@ -43,7 +43,7 @@ PRIOR_SECONDS_PER_PAIR["triton"] = PRIOR_SECONDS_PER_PAIR["flex"] = 1.5 * PRIOR_
 # First call of a new shape: Triton compiles two kernels once; compiled FlexAttention builds
 # two graphs (and block masks) per sequence length.
 COMPILE_SECONDS = {"triton": 20.0, "sdpa": 0.0, "flex": 40.0}
-# Before the sizes: start-up, the error checks at 8K/32K, the dtype/head-dim check matrix.
+# Outside the sizes: start-up, the error checks at 8K/32K, the dtype/head-dim check matrix.
 FIXED_SECONDS = {"startup": 15.0, "errors": 25.0, "checks": 70.0}
 TARGETS = {
     "speedup_vs_sdpa": {131072: 14.0, 1048576: 38.0},
@@ -366,11 +366,10 @@ def run(config: BenchConfig, *, output: str | Path | None = None, force: bool = 
         if output is not None:
             write_json(output, result, force=True)
 
+    # The benchmark configuration's correctness first, then the numbers, then the wider
+    # dtype / head-dim / mask checks with what is left of the budget.
     result["errors"] = gpu_checks.errors_at_scale(config, make_inputs)
     save()
-    if config.checks:
-        result["checks"] = gpu_checks.check_matrix(config.device, n=config.check_n)
-        save()
     sdpa_backend = None
     if "sdpa" in config.methods:
         sdpa_backend, result["sdpa_backend"] = _pick_sdpa_backend(config, min(config.ns))
@@ -378,5 +377,11 @@ def run(config: BenchConfig, *, output: str | Path | None = None, force: bool = 
     result["results"] = []
     for n in config.ns:
         result["results"].append(_measure_size(config, n, budget, rates, sdpa_backend, compiled))
+        save()
+    if config.checks:
+        if budget.fits(FIXED_SECONDS["checks"]):
+            result["checks"] = gpu_checks.check_matrix(config.device, n=config.check_n)
+        else:
+            result["checks"] = {"skipped": f"{budget.remaining():.0f} s of the budget left"}
         save()
     return result

@@ -199,12 +199,15 @@ def test_specialisation_matches_the_jit():
 
     for value in (1, 0, 16, 17, 2**31, 2**33 + 16, 0.25, torch.zeros(3, dtype=torch.float16), torch.zeros(5)[1:]):
         assert specialize(value) == tuple(native(BaseBackend, value, False, True, True)), value
+    for value in (1, 16, 17, 2**33):  # do_not_specialize
+        assert specialize(value, by_value=False) == tuple(native(BaseBackend, value, False, False, True)), value
 
 
 def test_compile_signature_marks_constexprs_and_divisibility():
     signature, consts, attrs = compile_signature(
-        ["X", "n", "one", "BLOCK"], {"X": torch.empty(8, device="meta"), "n": 48, "one": 1}, {"BLOCK": 64}
+        ["X", "n", "one", "n_k", "BLOCK"], {"X": torch.empty(8, device="meta"), "n": 48, "one": 1, "n_k": 1}, {"BLOCK": 64}
     )
-    assert signature == {"X": "*fp32", "n": "i32", "one": "constexpr", "BLOCK": "constexpr"}
+    # n_k changes with the sequence length: never specialised (see UNSPECIALIZED), even at 1.
+    assert signature == {"X": "*fp32", "n": "i32", "one": "constexpr", "n_k": "i32", "BLOCK": "constexpr"}
     assert consts == {"one": 1, "BLOCK": 64}
     assert attrs == {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}

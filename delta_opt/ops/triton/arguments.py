@@ -16,6 +16,7 @@ import torch
 from .launch import KernelPlan, strides
 
 __all__ = [
+    "UNSPECIALIZED",
     "KernelBuffers",
     "accumulator_dtype",
     "compile_signature",
@@ -24,6 +25,12 @@ __all__ = [
     "sparse_kernel_args",
     "specialize",
 ]
+
+
+# Integer arguments that change with the sequence length: the kernels are compiled without
+# specialising on their values (divisible by 16, equal to 1), so that a model meeting many
+# lengths compiles each kernel once rather than once per combination.
+UNSPECIALIZED = ("n_q", "n_k", "n_rows", "n_anchors", "n_corrected", "causal_offset")
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,13 @@ def constexprs(plan: KernelPlan, dtype: torch.dtype, *, has_bias: bool, interpre
 _TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64", torch.int32: "i32"}
 
 
-def specialize(value: Any) -> tuple[str, Any]:
+def specialize(value: Any, *, by_value: bool = True) -> tuple[str, Any]:
     """How Triton's JIT specialises one runtime argument: its type and attribute.
 
     ``("*bf16", "D")`` for a 16-byte aligned tensor, ``("i32", "D")`` for an int divisible by 16,
     ``("constexpr", 1)`` for the int 1, ``("i64", ...)`` beyond 32 bits, ``("fp32", None)`` for a
-    float. An ahead-of-time build must compile the same specialisations the JIT would pick.
+    float. ``by_value=False`` (a ``do_not_specialize`` parameter) keeps only the type of an int.
+    An ahead-of-time build must compile the same specialisations the JIT would pick.
     """
     if isinstance(value, torch.Tensor):
         aligned = value.device.type == "meta" or value.data_ptr() % 16 == 0
@@ -114,9 +122,11 @@ def specialize(value: Any) -> tuple[str, Any]:
     if isinstance(value, bool):
         return "u1", None
     if isinstance(value, int):
+        kind = "i32" if -(2**31) <= value < 2**31 else ("u64" if value >= 2**63 else "i64")
+        if not by_value:
+            return kind, None
         if value == 1:
             return "constexpr", 1
-        kind = "i32" if -(2**31) <= value < 2**31 else ("u64" if value >= 2**63 else "i64")
         return kind, "D" if value % 16 == 0 else ""
     if isinstance(value, float):
         return "fp32", None
@@ -138,7 +148,7 @@ def compile_signature(
         if name in compile_time:
             signature[name], consts[name] = "constexpr", compile_time[name]
             continue
-        kind, attr = specialize(args[name])
+        kind, attr = specialize(args[name], by_value=name not in UNSPECIALIZED)
         signature[name] = kind
         if kind == "constexpr":
             consts[name] = attr

@@ -30,6 +30,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .arguments import UNSPECIALIZED
+
 __all__ = ["delta_dense_kernel", "delta_sparse_kernel"]
 
 
@@ -236,7 +238,7 @@ def _sparse_attention(
     return acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def delta_dense_kernel(
     Q,
     K,
@@ -362,7 +364,7 @@ def delta_dense_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def delta_sparse_kernel(
     Q,
     K,
