@@ -142,7 +142,8 @@ class GraphContext:
             if sizes:
                 expr = expr.xreplace({s: sympy.Integer(v) for s, v in sizes.items()})
             if expr.free_symbols:
-                hints = value.node.shape_env.var_to_val
+                shape_env = value.node.shape_env
+                hints = getattr(shape_env, "backed_var_to_val", None) or shape_env.var_to_val
                 expr = expr.xreplace({s: hints[s] for s in expr.free_symbols if s in hints})
             if expr.free_symbols:
                 raise NotConstant(f"size {value} has no example value")

@@ -8,7 +8,7 @@ transformers' ``repeat_kv``, ``repeat_interleave``, or its decomposition into ``
 
 Rather than listing those chains as patterns, :func:`resolve` walks back from the operand
 through the layout ops of :data:`~.ops.LAYOUT` and constant scalings, and tests each tensor on
-the way, deepest first, as a candidate source: it *replays* the walked ops on a tensor of
+the way as a candidate source (4-D ones first, deepest first): it *replays* the walked ops on a tensor of
 element ids shaped like the candidate and accepts the candidate when the result equals the
 expected re-arrangement (identity, head repeat ``h -> h // g``, merge of batch and heads,
 transpose). That check is exact, so any chain of views that means the same thing is accepted
@@ -166,7 +166,9 @@ def resolve(
         return f"{operand.name} has rank {rank}; attention operands must be 3-D or 4-D"
     try:
         path, factors = _walk(ctx, operand, scales)
-        for i in range(len(path) - 1, -1, -1):
+        # 4-D sources first (they carry the real heads), then merged 3-D ones; deepest first in each.
+        order = sorted(range(len(path)), key=lambda i: (len(ctx.hint_shape(path[i]) or ()) != 4, -i))
+        for i in order:
             found = _try_candidate(ctx, path, i, factors, op_shape, transposed, batch, heads, allow_repeat)
             if found is not None:
                 return found
