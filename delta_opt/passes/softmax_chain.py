@@ -33,8 +33,8 @@ from ..config import DeltaConfig
 from .core.convert import apply_sites
 from .core.graph import GraphContext
 from .core.masks import MaskTerm
-from .core.operands import constant_factor, resolve_qkv, scalar_value
-from .core.ops import CASTS, IDENTITY, PRODUCTS, SOFTMAX, is_op
+from .core.operands import constant_factor, regroups_leading_dims, resolve_qkv, scalar_value
+from .core.ops import CASTS, PRODUCTS, SOFTMAX, VIEWS, is_op
 from .core.site import AttentionSite, Unmatched
 from .report import Report
 
@@ -42,19 +42,6 @@ __all__ = ["convert_softmax_attention", "find_softmax_sites"]
 
 aten = torch.ops.aten
 _ASSERTS = {aten._assert_tensor_metadata.default} if hasattr(aten, "_assert_tensor_metadata") else set()
-# Re-shapes that may sit between the products and the softmax: they regroup leading (batch,
-# head) dims in row-major order, which is how the operands' own 3-D views are made.
-_RESHAPES = {
-    aten.view.default,
-    aten.reshape.default,
-    aten._unsafe_view.default,
-    aten.expand.default,
-    aten.unsqueeze.default,
-    aten.squeeze.dim,
-    aten.squeeze.dims,
-    aten.flatten.using_ints,
-    aten.unflatten.int,
-}
 _MASKED_FILL = {aten.masked_fill.Scalar, aten.masked_fill.Tensor}
 _WHERE = {aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar}
 _SHIFT = {aten.add.Tensor: 1.0, aten.sub.Tensor: -1.0}
@@ -83,10 +70,10 @@ class _Scores:
 
     product: Node
     steps: list[tuple[str, Any]] = field(default_factory=list)
-    nodes: set[Node] = field(default_factory=set)
+    chain: list[Node] = field(default_factory=list)  # product -> softmax input, product excluded
 
     def then(self, node: Node, step: tuple[str, Any] | None) -> "_Scores":
-        self.nodes.add(node)
+        self.chain.append(node)
         if step is not None:
             self.steps.append(step)
         return self
@@ -94,16 +81,6 @@ class _Scores:
 
 def _rank(node: Node) -> int:
     return node.meta["val"].dim()
-
-
-def _keeps_key_axes(ctx: GraphContext, node: Node) -> bool:
-    """A re-shape that leaves the last two (query, key) axes alone and moves no element."""
-    if node.target not in _RESHAPES or not node.args or not isinstance(node.args[0], Node):
-        return False
-    before, after = ctx.hint_shape(node.args[0]), ctx.hint_shape(node)
-    if before is None or after is None or len(before) < 2 or len(after) < 2:
-        return False
-    return before[-2:] == after[-2:] and math.prod(before) == math.prod(after)
 
 
 def _blocking(value: float | None, dtype: torch.dtype) -> bool:
@@ -119,8 +96,8 @@ def _walk_scores(ctx: GraphContext, node: Any, depth: int = 0) -> _Scores | str:
         return f"the softmax input comes from {what}, not from a q.k^T product"
     target = node.target
     if target in PRODUCTS:
-        return _Scores(node, [], {node})
-    if target in CASTS or target in IDENTITY or _keeps_key_axes(ctx, node):
+        return _Scores(node)
+    if target in CASTS or target in VIEWS:
         inner = _walk_scores(ctx, node.args[0], depth + 1)
         return inner if isinstance(inner, str) else inner.then(node, None)
     factor = constant_factor(ctx, node)
@@ -158,20 +135,20 @@ def _walk_shift(ctx: GraphContext, node: Node, depth: int) -> _Scores | str:
     a, b = node.args[:2]
     sign = _SHIFT[node.target]  # type: ignore[index]
     orders = [(a, b), (b, a)] if sign > 0 else [(a, b)]
-    failure = f"neither operand of {node.name} is a q.k^T product"
+    failure = None
     for x, m in orders:
         if not isinstance(x, Node):
             continue
         inner = _walk_scores(ctx, x, depth + 1)
         if isinstance(inner, str):
-            failure = inner
+            failure = failure or inner  # the first operand's story is the likelier one
             continue
         shape = ctx.hint_shape(m) if isinstance(m, Node) else ()
         if not isinstance(m, Node) or not shape or shape[-1] == 1:
             return inner.then(node, None)  # the same shift for every key of a row
         term = MaskTerm(m, "additive", factor=sign, scores_rank=_rank(node))
         return inner.then(node, ("mask", term))
-    return failure
+    return failure or f"neither operand of {node.name} is a q.k^T product"
 
 
 # ---- weights: from the softmax forward to the product with v ------------------------------
@@ -217,7 +194,7 @@ def _continues(ctx: GraphContext, user: Node, node: Node) -> bool:
         return _weights_operand(user) is node
     if user.args[0] is not node:
         return False
-    return user.target in CASTS or user.target in IDENTITY or user.target is aten.dropout.default or _keeps_key_axes(ctx, user)
+    return user.target in CASTS or user.target in VIEWS or user.target is aten.dropout.default
 
 
 def _weights_operand(product: Node) -> Any:
@@ -229,9 +206,10 @@ def _weights_operand(product: Node) -> Any:
     return product.args[0]
 
 
-def _walk_weights(ctx: GraphContext, softmax: Node) -> tuple[Node, set[Node], str | None] | str:
-    """``(product with v, nodes on the way, problem)``, or why there is no such product."""
-    node, nodes, problem = softmax, set(), None
+def _walk_weights(ctx: GraphContext, softmax: Node) -> tuple[Node, list[Node], set[Node], str | None] | str:
+    """``(product with v, chain from the softmax to it, all nodes on the way, problem)``, or why
+    there is no such product."""
+    node, chain, nodes, problem = softmax, [], set(), None
     for _ in range(_MAX_DEPTH):
         users = [u for u in node.users if u.target not in _ASSERTS]
         if node is softmax:
@@ -249,7 +227,8 @@ def _walk_weights(ctx: GraphContext, softmax: Node) -> tuple[Node, set[Node], st
         nxt = onward[0]
         nodes.add(nxt)
         if nxt.target in PRODUCTS:
-            return nxt, nodes, problem
+            return nxt, chain, nodes, problem
+        chain.append(nxt)
         if nxt.target is aten.dropout.default and nxt.args[2] and nxt.args[1] != 0:
             problem = problem or f"dropout p={nxt.args[1]} is active (training mode): call model.eval() before converting"
         node = nxt
@@ -281,11 +260,8 @@ def _einsum_kind(equation: str) -> str | None:
     return None
 
 
-def _product_operands(product: Node, *, first: str) -> tuple[Any, Any, bool, list[tuple[str, Any]]] | str:
-    """``(a, b, b_is_transposed, extra steps)`` of a product computing ``a @ b`` (or ``a @ b^T``).
-
-    ``first`` names the left operand in messages ("q" or "weights").
-    """
+def _product_operands(product: Node) -> tuple[Any, Any, bool, list[tuple[str, Any]]] | str:
+    """``(a, b, b_is_transposed, extra steps)`` of a product computing ``a @ b`` (or ``a @ b^T``)."""
     target = product.target
     if target in (aten.matmul.default, aten.bmm.default):
         return product.args[0], product.args[1], True, []
@@ -317,18 +293,21 @@ def _match(ctx: GraphContext, softmax: Node) -> AttentionSite | Unmatched:
     scores = _walk_scores(ctx, softmax.args[0])
     if isinstance(scores, str):
         return Unmatched(softmax, scores)
-    qk = _product_operands(scores.product, first="q")
+    qk = _product_operands(scores.product)
     if isinstance(qk, str):
         return Unmatched(softmax, qk)
     q_op, k_op, k_transposed, extra = qk
     down = _walk_weights(ctx, softmax)
     if isinstance(down, str):
         return Unmatched(softmax, down)
-    pv, weight_nodes, problem = down
-    pv_ops = _product_operands(pv, first="weights")
+    pv, weight_chain, weight_nodes, problem = down
+    pv_ops = _product_operands(pv)
     site = AttentionSite(
-        str(scores.product.target).split(".")[-2], pv, nodes=scores.nodes | weight_nodes | {softmax, pv}
+        str(scores.product.target).split(".")[-2], pv, nodes={*scores.chain, scores.product, *weight_nodes, softmax, pv}
     )
+    if not regroups_leading_dims(ctx, scores.product, scores.chain + [softmax] + weight_chain):
+        site.problem = problem or "the scores are re-arranged between the products, not only re-grouped"
+        return site
     if isinstance(pv_ops, str) or not pv_ops[2] or pv_ops[3]:
         site.problem = problem or f"the weights are multiplied by values in an unsupported way ({pv.name})"
         return site

@@ -27,9 +27,9 @@ import torch
 from torch.fx import Node
 
 from .graph import GraphContext, NotConstant
-from .ops import LAYOUT, REPLAY_AS
+from .ops import IDENTITY, LAYOUT, REPLAY_AS, VIEWS
 
-__all__ = ["Operand", "constant_factor", "resolve", "resolve_qkv", "scalar_value"]
+__all__ = ["Operand", "constant_factor", "regroups_leading_dims", "resolve", "resolve_qkv", "scalar_value"]
 
 aten = torch.ops.aten
 _MUL = {aten.mul.Tensor, aten.mul.Scalar}
@@ -292,3 +292,29 @@ def _resolve_kv(
         if isinstance(k, str) or isinstance(v, str):
             return "k and v are repeated differently"
     return k, v
+
+
+def regroups_leading_dims(ctx: GraphContext, start: Node, chain: list[Node]) -> bool:
+    """Whether ``chain`` (nodes applied one after the other from ``start``) re-groups only the
+    leading dims of ``start`` in row-major order and keeps its last two axes.
+
+    View ops are replayed on a ``meta`` tensor, which tracks strides without data, so the check
+    costs nothing at any sequence length: the chain is such a re-grouping exactly when the result
+    is a contiguous view at offset 0. Other nodes (casts, scalings, masks) must keep the shape.
+    """
+    shape = ctx.hint_shape(start)
+    if shape is None or len(shape) < 2:
+        return False
+    x = torch.empty(shape, device="meta")
+    for node in chain:
+        if node.target in IDENTITY:
+            continue
+        if node.target in VIEWS:
+            target = aten.view.default if node.target in (aten.reshape.default, aten._unsafe_view.default) else node.target
+            try:
+                x = target(x, *ctx.concrete(node.args[1:]), **ctx.concrete(node.kwargs))  # type: ignore[operator]
+            except (RuntimeError, NotConstant):
+                return False  # not expressible as a view of the scores
+        elif ctx.hint_shape(node) != tuple(x.shape):
+            return False
+    return x.is_contiguous() and x.storage_offset() == 0 and tuple(x.shape[-2:]) == tuple(shape[-2:])

@@ -25,6 +25,7 @@ __all__ = [
     "SDPA_FORMS",
     "SOFTMAX",
     "SdpaForm",
+    "VIEWS",
     "bind",
     "is_op",
 ]
@@ -79,6 +80,22 @@ LAYOUT = IDENTITY | _existing(
     "unflatten.int",
     "repeat_interleave.self_int",
     "repeat.default",
+)
+
+# The layout ops that never copy: between the products and the softmax only these may appear,
+# and their geometry is checked on a meta tensor (see operands.regroups_leading_dims).
+VIEWS = IDENTITY | _existing(
+    "view.default",
+    "reshape.default",
+    "_unsafe_view.default",
+    "expand.default",
+    "transpose.int",
+    "permute.default",
+    "t.default",
+    "unsqueeze.default",
+    "squeeze.dim",
+    "squeeze.dims",
+    "squeeze.default",
 )
 
 # In a replay the ids tensor may be laid out differently from the traced tensor, so a view that

@@ -16,6 +16,7 @@ from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 
 from ...config import DeltaConfig
+from .graph import GraphContext
 from .masks import MaskPlan, MaskTerm
 from .operands import Operand
 from .site import AttentionSite
@@ -106,10 +107,26 @@ class Emitter:
         if isinstance(want, (tuple, list)):
             want = want[0]
         if want.dim() == 4:
-            return out
-        if q.merged:
-            return self.call(aten.squeeze.dims, (out, [0]))
-        return self.call(aten.view.default, (out, [-1, self.size(out, 2), self.size(out, 3)]))
+            if tuple(want.shape) != tuple(out.meta["val"].shape):
+                out = self.call(aten.view.default, (out, list(want.shape)))  # static: see site._output_problem
+        elif q.merged:
+            out = self.call(aten.squeeze.dims, (out, [0]))
+        else:
+            out = self.call(aten.view.default, (out, [-1, self.size(out, 2), self.size(out, 3)]))
+        return self._strided_like(out, want)
+
+    def _strided_like(self, out: Node, want: torch.Tensor) -> Node:
+        """``out`` laid out in memory like ``want``: a decomposed program may ``view`` a backend
+        kernel's output in ways only its strides allow (flash attention returns [B, N, H, D] memory)."""
+        sizes = [GraphContext.size(d) for d in want.shape]
+        strides = [GraphContext.size(d) for d in want.stride()]
+        order = sorted(range(len(sizes)), key=lambda i: (-strides[i], i))
+        if all(sizes[i] == 1 or i == j for j, i in enumerate(order)):
+            return out  # already row-major
+        inverse = sorted(range(len(order)), key=order.__getitem__)
+        out = self.call(aten.permute.default, (out, order))
+        out = self.call(aten.clone.default, (out,), {"memory_format": torch.contiguous_format})
+        return self.call(aten.permute.default, (out, inverse))
 
 
 def emit_site(gm: GraphModule, site: AttentionSite, plan: MaskPlan, config: DeltaConfig) -> Node:
@@ -133,9 +150,16 @@ def prune(gm: GraphModule, regions: set[Node]) -> None:
     while changed:
         changed = gm.graph.eliminate_dead_code()
         for node in list(gm.graph.nodes):
-            if node.op == "call_function" and node.target in _ASSERTS and node.args and node.args[0] in regions:
+            if node.op != "call_function":
+                continue
+            if node.target in _ASSERTS and node.args and node.args[0] in regions:
                 if all(u.target in _ASSERTS for u in node.args[0].users):
                     gm.graph.erase_node(node)
                     changed = True
+            elif node in regions and not node.users:
+                # fx keeps ops tagged random (SDPA backends, for their dropout) even when unused;
+                # a converted site's own nodes are known dead.
+                gm.graph.erase_node(node)
+                changed = True
     gm.graph.lint()
     gm.recompile()

@@ -83,7 +83,7 @@ def skip_reason(ctx: GraphContext, site: AttentionSite, config: DeltaConfig) -> 
         return site.problem
     assert site.q is not None and site.k is not None
     q, k = site.q, site.k
-    layout = _mask_layout_problem(ctx, site)
+    layout = _mask_layout_problem(ctx, site) or _output_problem(ctx, site)
     if layout:
         return layout
     if not _same_size(q.shape[2], k.shape[2]):
@@ -114,6 +114,20 @@ def _mask_layout_problem(ctx: GraphContext, site: AttentionSite) -> str | None:
         if padded[0] != 1 or (padded[1] != 1 and padded[1] != site.q.hint[1]):
             return f"mask {term.node.name} of shape {list(shape)} varies over batch and heads, which this site merges"
     return None
+
+
+def _output_problem(ctx: GraphContext, site: AttentionSite) -> str | None:
+    """The op's [B, H, N, Dv] must map onto the replaced value by a row-major re-grouping."""
+    assert site.q is not None and site.v is not None
+    want = ctx.hint_shape(site.anchor) or ()
+    b, h, n, _ = site.q.hint
+    have = (b, h, n, site.v.hint[3])
+    if len(want) == 3 and tuple(want) == (b * h, n, have[3]):
+        return None
+    if len(want) == 4 and (tuple(want) == have or all(isinstance(d, int) for d in ctx.shape(site.anchor) or ())):
+        if math.prod(want) == math.prod(have) and tuple(want[-2:]) == have[-2:]:
+            return None
+    return f"the attention output {list(want)} does not match the op's {list(have)}"
 
 
 def _min_seq_len_reason(n: Any, minimum: int, site: AttentionSite) -> str | None:
