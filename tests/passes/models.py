@@ -25,7 +25,9 @@ class HandAttention(nn.Module):
     Args:
         mask: ``none`` (bidirectional), ``buffer`` (additive causal mask sliced from a buffer),
             ``masked_fill`` / ``where`` (causal, from ``triu``/``tril`` of ones), ``alibi``
-            (additive per-head linear bias plus the causal -inf: a mask that is not plainly causal).
+            (additive per-head linear bias plus the causal -inf: a mask that is not plainly causal),
+            ``window`` (causal sliding window of ``window`` keys, built from ``arange``: causal at
+            lengths up to ``window``, not beyond).
         gqa: how K/V heads are repeated: ``expand`` (transformers' repeat_kv) or ``repeat_interleave``.
         scale: ``after`` (scores * s), ``div`` (scores / sqrt(d)), ``q`` (q * s first), ``split``
             (q and k each * sqrt(s)), ``after_mask`` (mask first, then * s).
@@ -47,9 +49,10 @@ class HandAttention(nn.Module):
         kt: str = "transpose",
         softmax: str = "softmax",
         max_len: int = 64,
+        window: int = 100,
     ):
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.heads, self.kv_heads, self.head_dim, self.window = heads, kv_heads, dim // heads, window
         self.mask, self.gqa, self.scale, self.product, self.kt, self.softmax = mask, gqa, scale, product, kt, softmax
         self.q_proj = nn.Linear(dim, heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
@@ -65,7 +68,7 @@ class HandAttention(nn.Module):
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         if self.reference is not None:
-            causal = self.mask in ("buffer", "masked_fill", "where")
+            causal = self.mask in ("buffer", "masked_fill", "where", "window")
             out = delta_attention_reference(
                 q, k, v, self._reference_mask(n), causal=causal, scale=self.head_dim**-0.5, **self.reference
             )
@@ -78,7 +81,14 @@ class HandAttention(nn.Module):
         distance = (pos.view(1, -1) - pos.view(-1, 1)).abs().to(self.slopes.dtype)
         return -self.slopes.view(-1, 1, 1) * distance + self.causal_bias[:n, :n]  # [H, N, N]
 
+    def _window_mask(self, n: int, device: torch.device) -> torch.Tensor:
+        pos = torch.arange(n, device=device)
+        distance = pos.view(-1, 1) - pos.view(1, -1)
+        return (distance >= 0) & (distance < self.window)
+
     def _reference_mask(self, n: int) -> torch.Tensor | None:
+        if self.mask == "window":
+            return self._window_mask(n, self.slopes.device)
         if self.mask != "alibi":
             return None
         mask = self._alibi(n).unsqueeze(0)
@@ -139,6 +149,8 @@ class HandAttention(nn.Module):
             return torch.where(past, scores, float("-inf"))
         if self.mask == "alibi":
             return scores + self._alibi(n)
+        if self.mask == "window":
+            return scores.masked_fill(~self._window_mask(n, scores.device), float("-inf"))
         return scores
 
 

@@ -81,21 +81,24 @@ def plan_mask(ctx: GraphContext, terms: tuple[MaskTerm, ...], *, causal: bool, s
     site whose query/key length is ``seq_len`` (int or SymInt)."""
     if not terms:
         return MaskPlan(MaskKind.CAUSAL if causal else MaskKind.NONE, causal, ())
-    passed = MaskKind.ADDITIVE if any(t.kind == "additive" for t in terms) else MaskKind.BOOL
+    additive = any(t.kind == "additive" for t in terms)
+    passed = MaskKind.ADDITIVE if additive else MaskKind.BOOL
+    # See rewrite.Emitter._blocked_as_inf.
+    suffix = "; additive entries <= finfo.min/2 are passed as -inf" if additive else ""
     try:
         lengths, why_not = _proof_lengths(ctx, terms, seq_len)
     except NotConstant as e:
         lengths, why_not = None, str(e)
     if lengths is None:
-        return MaskPlan(passed, causal, terms, f"passed through: {why_not}")
+        return MaskPlan(passed, causal, terms, f"passed through: {why_not}{suffix}")
     verdicts = set()
     for sizes in lengths:
         try:
             verdicts.add(_verdict(ctx, terms, sizes, seq_len))
         except NotConstant as e:
-            return MaskPlan(passed, causal, terms, f"passed through: {e}")
+            return MaskPlan(passed, causal, terms, f"passed through: {e}{suffix}")
     if len(verdicts) != 1 or verdicts == {"mask"}:
-        return MaskPlan(passed, causal, terms, "passed through: not plainly causal")
+        return MaskPlan(passed, causal, terms, f"passed through: not plainly causal{suffix}")
     (verdict,) = verdicts
     where = _describe(lengths, seq_len)
     if verdict == "causal" or causal:

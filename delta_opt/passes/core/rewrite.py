@@ -92,14 +92,29 @@ class Emitter:
         m = term.node
         if term.kind == "bool" and not term.keep:
             m = self.call(aten.logical_not.default, (m,))
-        if term.kind == "additive" and term.factor != 1.0:
-            m = self.call(aten.mul.Tensor, (m, term.factor))
+        if term.kind == "additive":
+            if term.factor != 1.0:
+                m = self.call(aten.mul.Tensor, (m, term.factor))
+            m = self._blocked_as_inf(m)
         shape = m.meta["val"].shape
         if term.scores_rank == 3 and not q.merged and len(shape) == 3 and shape[0] != 1:
             # [B*H, Nq, Nk] of merged scores, for an op that sees [B, H, N, D]: split the heads out.
             sizes = [self.size(q.node, 0), self.size(q.node, 1), self.size(m, 1), self.size(m, 2)]
             m = self.call(aten.view.default, (m, sizes))
         return m
+
+    def _blocked_as_inf(self, m: Node) -> Node:
+        """Entries at or below ``finfo.min / 2`` as -inf.
+
+        Models write "blocked" as the dtype's most negative value to keep softmax free of NaN. The
+        op reads only -inf as blocked: a row whose keys are all at ``finfo.min`` would otherwise
+        count as having keys, and as an anchor it would leak its (meaningless) uniform average
+        into the rows it corrects. With -inf such a row is empty and outputs zeros, as the spec says.
+        """
+        dtype = m.meta["val"].dtype
+        blocked = self.call(aten.le.Scalar, (m, torch.finfo(dtype).min / 2))
+        neg_inf = self.call(aten.scalar_tensor.default, (float("-inf"),), {"dtype": dtype})
+        return self.call(aten.where.self, (blocked, neg_inf, m))
 
     def output(self, out: Node, q: Operand) -> Node:
         """The op's ``[B, H, N, Dv]`` in the anchor's layout (``[B*H, N, Dv]`` for merged sites)."""
