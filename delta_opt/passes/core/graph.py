@@ -97,6 +97,7 @@ class GraphContext:
         self.max_nodes = max_nodes
         self.position = {node: i for i, node in enumerate(gm.graph.nodes)}
         self._memo: dict[tuple[Node, tuple], Any] = {}
+        self.cache: dict[Any, Any] = {}  # for results derived from evaluations (mask plans)
         self._sources: dict[Node, frozenset[Node]] | None = None
 
     @classmethod
@@ -138,20 +139,10 @@ class GraphContext:
         """``value`` with every SymInt/SymFloat/SymBool made concrete: the traced example's value,
         or the value at ``sizes`` (symbol -> int) for the symbols given there."""
         if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-            expr = value.node.expr
-            if sizes:
-                expr = expr.xreplace({s: sympy.Integer(v) for s, v in sizes.items()})
-            if expr.free_symbols:
-                shape_env = value.node.shape_env
-                hints = getattr(shape_env, "backed_var_to_val", None) or shape_env.var_to_val
-                expr = expr.xreplace({s: hints[s] for s in expr.free_symbols if s in hints})
-            if expr.free_symbols:
-                raise NotConstant(f"size {value} has no example value")
-            if isinstance(value, torch.SymInt):
-                return int(expr)
-            if isinstance(value, torch.SymFloat):
-                return float(expr)
-            return bool(expr)
+            key = (value.node.expr, tuple(sorted(sizes.items(), key=str)) if sizes else (), type(value))
+            if key not in _SIZE_CACHE:  # sympy substitution is slow; the same sizes come back often
+                _SIZE_CACHE[key] = _concrete(value, sizes)
+            return _SIZE_CACHE[key]
         if isinstance(value, torch.Size):
             return tuple(GraphContext.size(d, sizes) for d in value)
         return value
@@ -278,6 +269,26 @@ class GraphContext:
             readers = sorted(p.name for p in self.data_sources(n))
             why = f"reads input(s) {', '.join(readers)}" if readers else f"{type(e).__name__}: {str(e)[:120]}"
             raise NotConstant(f"cannot evaluate {n.name} ({why})") from None
+
+
+_SIZE_CACHE: dict[tuple, Any] = {}
+
+
+def _concrete(value: Any, sizes: Mapping[sympy.Symbol, int] | None) -> Any:
+    expr = value.node.expr
+    if sizes:
+        expr = expr.xreplace({s: sympy.Integer(v) for s, v in sizes.items()})
+    if expr.free_symbols:
+        shape_env = value.node.shape_env
+        hints = getattr(shape_env, "backed_var_to_val", None) or shape_env.var_to_val
+        expr = expr.xreplace({s: hints[s] for s in expr.free_symbols if s in hints})
+    if expr.free_symbols:
+        raise NotConstant(f"size {value} has no example value")
+    if isinstance(value, torch.SymInt):
+        return int(expr)
+    if isinstance(value, torch.SymFloat):
+        return float(expr)
+    return bool(expr)
 
 
 def _materialise_meta(x: Any) -> Any:

@@ -79,6 +79,14 @@ class MaskPlan:
 def plan_mask(ctx: GraphContext, terms: tuple[MaskTerm, ...], *, causal: bool, seq_len: Any) -> MaskPlan:
     """Decide what the op gets for ``terms`` (plus an SDPA ``is_causal`` flag) at a self-attention
     site whose query/key length is ``seq_len`` (int or SymInt)."""
+    # Every layer of a model usually reads the same mask node: decide once.
+    key = ("mask_plan", terms, causal, str(seq_len))
+    if key not in ctx.cache:
+        ctx.cache[key] = _plan_mask(ctx, terms, causal=causal, seq_len=seq_len)
+    return ctx.cache[key]
+
+
+def _plan_mask(ctx: GraphContext, terms: tuple[MaskTerm, ...], *, causal: bool, seq_len: Any) -> MaskPlan:
     if not terms:
         return MaskPlan(MaskKind.CAUSAL if causal else MaskKind.NONE, causal, ())
     additive = any(t.kind == "additive" for t in terms)

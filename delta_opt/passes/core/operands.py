@@ -120,6 +120,28 @@ def _ids(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.arange(n, dtype=torch.int32 if n < 2**31 else torch.int64).reshape(shape)
 
 
+def _expected(shape: tuple[int, ...], g: int, op_rank: int, transposed: bool) -> torch.Tensor:
+    """Element ids of a source of ``shape`` as the operand should hold them: heads repeated
+    ``g`` times (``h -> h // g``), batch and heads merged for a 3-D operand, maybe transposed."""
+    ids = _ids(shape)
+    expected = ids.unsqueeze(0) if len(shape) == 3 else ids
+    if g > 1:
+        expected = expected.repeat_interleave(g, dim=1)
+    if op_rank == 3:
+        b, h, n, d = expected.shape
+        expected = expected.reshape(b * h, n, d)
+    return expected.transpose(-1, -2) if transposed else expected
+
+
+def _signature(ctx: GraphContext, chain: list[Node], factors: dict[Node, float]) -> tuple:
+    """What a replay of ``chain`` depends on: its ops and their concrete arguments."""
+    return tuple(
+        (node.target, repr(ctx.concrete(node.args[1:])), repr(ctx.concrete(dict(node.kwargs))))
+        for node in chain
+        if node not in factors
+    )
+
+
 def _replay(ctx: GraphContext, ids: torch.Tensor, chain: list[Node], factors: dict[Node, float]) -> torch.Tensor:
     x = ids
     for node in chain:
@@ -221,17 +243,15 @@ def _try_candidate(
         expected_shape = expected_shape[:-2] + (D, N)
     if tuple(expected_shape) != tuple(op_shape):
         return None
-    ids = _ids(shape)
-    expected = ids.unsqueeze(0) if merged else ids
-    if g > 1:
-        expected = expected.repeat_interleave(g, dim=1)
-    if len(op_shape) == 3:
-        expected = expected.reshape(B * total, N, D)
-    if transposed:
-        expected = expected.transpose(-1, -2)
     chain = list(reversed(path[:i]))
-    got = _replay(ctx, ids, chain, factors)
-    if got.shape != expected.shape or not torch.equal(got, expected):
+    # Every layer of a model asks the same question: answer it once per chain signature.
+    key = ("layout", shape, g, len(op_shape), transposed, _signature(ctx, chain, factors))
+    if key not in ctx.cache:
+        ids = _ids(shape)
+        got = _replay(ctx, ids, chain, factors)
+        expected = _expected(shape, g, len(op_shape), transposed)
+        ctx.cache[key] = got.shape == expected.shape and torch.equal(got, expected)
+    if not ctx.cache[key]:
         return None
     sym = ctx.shape(cand)
     assert sym is not None
