@@ -22,7 +22,6 @@ reported and left dense.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 

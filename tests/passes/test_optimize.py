@@ -192,3 +192,17 @@ def test_report_table_and_json():
 
     _, report = optimize(_stack(), (_x(),), SPARSE)
     assert report.forms == {"matmul": 2} and report.skip_reasons == {}
+
+
+def test_operands_of_different_dtypes_are_reported():
+    class Upcast(nn.Module):
+        """Scores in float32 from bfloat16 q/k, values left in bfloat16: no single-dtype op call fits."""
+
+        def forward(self, q, k, v):
+            weights = torch.softmax(q.float() @ k.float().transpose(-1, -2), dim=-1)
+            return weights.to(v.dtype) @ v
+
+    q = torch.randn(1, 2, 12, 8, dtype=torch.bfloat16)
+    _, report = optimize(Upcast(), (q, q, q), SPARSE)
+    assert report.num_sites == 1 and report.num_converted == 0
+    assert "different dtypes (torch.float32, torch.float32, torch.bfloat16)" in report.sites[0].reason

@@ -10,7 +10,7 @@ from ...config import DeltaConfig
 from ..report import Report, UnmatchedSoftmax
 from .graph import GraphContext, module_path
 from .masks import MaskPlan, plan_mask
-from .rewrite import emit_site, prune
+from .rewrite import RewriteError, emit_site, prune
 from .site import AttentionSite, Unmatched, site_report, skip_reason
 
 __all__ = ["apply_sites"]
@@ -37,8 +37,11 @@ def apply_sites(
             plan = plan_mask(ctx, item.mask_terms, causal=item.causal, seq_len=item.q.shape[2])
         if reason is None:
             assert plan is not None
-            emit_site(gm, item, plan, config)
-            regions |= item.nodes | {item.anchor}
+            try:
+                emit_site(gm, item, plan, config)
+                regions |= item.nodes | {item.anchor}
+            except RewriteError as e:
+                reason = f"could not be rewritten: {e}"
         report.sites.append(site_report(len(report.sites), item, reason, plan))
     if regions:
         prune(gm, regions)

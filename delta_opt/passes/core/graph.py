@@ -11,6 +11,7 @@ shape: anything that reads their values stays ``meta`` and is reported as data-d
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any, Iterable, Mapping
 
 import sympy
@@ -139,10 +140,13 @@ class GraphContext:
         """``value`` with every SymInt/SymFloat/SymBool made concrete: the traced example's value,
         or the value at ``sizes`` (symbol -> int) for the symbols given there."""
         if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            # sympy substitution is slow and the same sizes come back often; symbols are only
+            # meaningful within their shape environment, so the cache is kept per environment.
+            cache = _SIZE_CACHE.setdefault(value.node.shape_env, {})
             key = (value.node.expr, tuple(sorted(sizes.items(), key=str)) if sizes else (), type(value))
-            if key not in _SIZE_CACHE:  # sympy substitution is slow; the same sizes come back often
-                _SIZE_CACHE[key] = _concrete(value, sizes)
-            return _SIZE_CACHE[key]
+            if key not in cache:
+                cache[key] = _concrete(value, sizes)
+            return cache[key]
         if isinstance(value, torch.Size):
             return tuple(GraphContext.size(d, sizes) for d in value)
         return value
@@ -210,7 +214,8 @@ class GraphContext:
         self._memo[key] = result
         return result
 
-    def _ancestors(self, node: Node) -> list[Node]:
+    def ancestors(self, node: Node) -> list[Node]:
+        """``node`` and everything it depends on, in graph order (NotConstant past ``max_nodes``)."""
         seen = {node}
         stack = [node]
         while stack:
@@ -224,7 +229,7 @@ class GraphContext:
 
     def _evaluate(self, node: Node, sizes: Mapping[sympy.Symbol, int] | None) -> Any:
         env: dict[Node, Any] = {}
-        for n in self._ancestors(node):
+        for n in self.ancestors(node):
             env[n] = self._run(n, env, sizes)
         result = env[node]
         leaves = []
@@ -271,7 +276,7 @@ class GraphContext:
             raise NotConstant(f"cannot evaluate {n.name} ({why})") from None
 
 
-_SIZE_CACHE: dict[tuple, Any] = {}
+_SIZE_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
 
 
 def _concrete(value: Any, sizes: Mapping[sympy.Symbol, int] | None) -> Any:

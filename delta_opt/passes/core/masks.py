@@ -158,7 +158,7 @@ def _int_constants(ctx: GraphContext, terms: tuple[MaskTerm, ...]) -> set[int]:
         return x
 
     for term in terms:
-        for node in ctx._ancestors(term.node):
+        for node in ctx.ancestors(term.node):
             map_aggregate(node.args, visit)
             map_aggregate(dict(node.kwargs), visit)
     return found

@@ -283,6 +283,9 @@ def resolve_qkv(
     if isinstance(kv, str):
         return kv
     k, v = kv
+    dtypes = [op.node.meta["val"].dtype for op in (q, k, v)]
+    if len(set(dtypes)) != 1:
+        return f"q, k and v have different dtypes ({', '.join(map(str, dtypes))})"
     if k.hint[2] != v.hint[2]:
         return f"k and v have different lengths ({k.hint[2]} vs {v.hint[2]})"
     if k.hint[3] != q.hint[3]:

@@ -21,12 +21,16 @@ from .masks import MaskPlan, MaskTerm
 from .operands import Operand
 from .site import AttentionSite
 
-__all__ = ["Emitter", "emit_site", "prune"]
+__all__ = ["Emitter", "RewriteError", "emit_site", "prune"]
 
 aten = torch.ops.aten
 OP = torch.ops.delta_opt.delta_attention.default
 _ASSERTS = {aten._assert_tensor_metadata.default} if hasattr(aten, "_assert_tensor_metadata") else set()
 _COPIED_META = ("nn_module_stack", "stack_trace", "source_fn_stack")
+
+
+class RewriteError(Exception):
+    """The op could not be put in place of a site; the graph was left as it was."""
 
 
 class Emitter:
@@ -35,6 +39,7 @@ class Emitter:
     def __init__(self, gm: GraphModule, anchor: Node):
         self.graph = gm.graph
         self.anchor = anchor
+        self.created: list[Node] = []
         val = anchor.meta.get("val")
         if isinstance(val, (tuple, list)):
             val = val[0]
@@ -44,6 +49,7 @@ class Emitter:
         kwargs = kwargs or {}
         with self.graph.inserting_before(self.anchor):
             node = self.graph.call_function(target, args, kwargs)
+        self.created.append(node)
         fake_args = map_arg(args, lambda n: n.meta["val"])
         fake_kwargs = map_arg(kwargs, lambda n: n.meta["val"])
         if self.fake_mode is not None:
@@ -148,11 +154,16 @@ def emit_site(gm: GraphModule, site: AttentionSite, plan: MaskPlan, config: Delt
     """Insert the op for ``site`` and make every user of its anchor read the op's output."""
     assert site.q is not None and site.k is not None and site.v is not None and site.scale is not None
     em = Emitter(gm, site.anchor)
-    q, k, v = em.operand(site.q), em.operand(site.k), em.operand(site.v)
-    mask = em.mask(plan.terms, site.q)
-    kwargs = {"causal": plan.causal, "scale": float(site.scale), **config.op_kwargs()}
-    op = em.call(OP, (q, k, v, mask), kwargs)
-    out = em.output(op, site.q)
+    try:
+        q, k, v = em.operand(site.q), em.operand(site.k), em.operand(site.v)
+        mask = em.mask(plan.terms, site.q)
+        kwargs = {"causal": plan.causal, "scale": float(site.scale), **config.op_kwargs()}
+        op = em.call(OP, (q, k, v, mask), kwargs)  # the op's own checks run here, on fake tensors
+        out = em.output(op, site.q)
+    except Exception as e:  # nothing is wired in yet: take the new nodes out again
+        for node in reversed(em.created):
+            em.graph.erase_node(node)
+        raise RewriteError(f"{type(e).__name__}: {e}") from e
     site.anchor.replace_all_uses_with(out)
     return op
 
