@@ -206,3 +206,16 @@ def test_operands_of_different_dtypes_are_reported():
     _, report = optimize(Upcast(), (q, q, q), SPARSE)
     assert report.num_sites == 1 and report.num_converted == 0
     assert "different dtypes (torch.float32, torch.float32, torch.bfloat16)" in report.sites[0].reason
+
+
+def test_converted_program_decomposes_saves_and_loads(tmp_path):
+    program, report = optimize(_stack(), (_x(),), SPARSE)
+    op = torch.ops.delta_opt.delta_attention.default
+    decomposed = program.run_decompositions()
+    assert sum(n.target is op for n in decomposed.graph.nodes) == report.num_converted == 2
+    torch.export.save(program, tmp_path / "program.pt2")
+    loaded = torch.export.load(tmp_path / "program.pt2")
+    with torch.no_grad():
+        expected = program.module()(_x())
+        assert max_abs(loaded.module()(_x()), expected) == 0
+        assert max_abs(decomposed.module()(_x()), expected) <= 1e-6

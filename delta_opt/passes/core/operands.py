@@ -186,16 +186,16 @@ def resolve(
     rank = len(op_shape)
     if rank not in (3, 4):
         return f"{operand.name} has rank {rank}; attention operands must be 3-D or 4-D"
-    try:
-        path, factors = _walk(ctx, operand, scales)
-        # 4-D sources first (they carry the real heads), then merged 3-D ones; deepest first in each.
-        order = sorted(range(len(path)), key=lambda i: (len(ctx.hint_shape(path[i]) or ()) != 4, -i))
-        for i in order:
+    path, factors = _walk(ctx, operand, scales)
+    # 4-D sources first (they carry the real heads), then merged 3-D ones; deepest first in each.
+    order = sorted(range(len(path)), key=lambda i: (len(ctx.hint_shape(path[i]) or ()) != 4, -i))
+    for i in order:
+        try:
             found = _try_candidate(ctx, path, i, factors, op_shape, transposed, batch, heads, allow_repeat)
-            if found is not None:
-                return found
-    except NotConstant as e:
-        return str(e)
+        except NotConstant:
+            continue  # a view whose arguments are not sizes (e.g. a repeats tensor): not this one
+        if found is not None:
+            return found
     if transposed:
         # k^T made by something other than a layout op (k produced transposed): hand the op its transpose.
         shape = ctx.shape(operand)
