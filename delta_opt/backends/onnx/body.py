@@ -51,19 +51,24 @@ SUPPORTED_ELEMENT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.B
 BLOCK_ROWS_MIN = 16
 BLOCK_ROWS_MAX = 128
 _NEG_INF = float("-inf")
+# Beyond any |i - j| a model can have: the bound of "no limit" in the visibility test.
+_FAR = 1 << 40
 
 
-def _attend(b: NodeBuilder, scores: str, values: str, neg_inf: str, zero: str, one: str, name: str) -> str:
-    """softmax(scores) @ values over the last axis; a row whose scores are all -inf gives 0."""
-    axes = b.int64([-1])
-    row_max = b.ReduceMax(scores, axes, keepdims=1)
-    # An empty row has max -inf: subtract 0 instead so that exp(-inf) = 0, not NaN.
-    row_max = b.Where(b.Equal(row_max, neg_inf), zero, row_max)
-    weights = b.Exp(b.Sub(scores, row_max))
-    total = b.ReduceSum(weights, axes, keepdims=1)
-    total = b.Where(b.Greater(total, zero), total, one)
-    # Normalise after the matmul: [.., rows, Dv] is smaller than [.., rows, keys].
-    return b.op("Div", b.MatMul(weights, values), total, name=name)
+def _attend(b: NodeBuilder, scores: str, bias: str, values: str, rows_shape: str, out_shape: str, zero: str, neg_inf: str, name: str) -> str:
+    """softmax(scores + bias) @ values over the last axis; a row whose bias is all -inf gives 0.
+
+    ``scores`` is added to ``bias`` in the shape ``rows_shape`` (where the bias broadcasts), and
+    multiplied with ``values`` in its own shape; the result is returned in ``out_shape``, where
+    rows of the bias line up with rows of the output.
+    """
+    shape = b.Shape(scores)
+    weights = b.Softmax(b.Reshape(b.Add(b.Reshape(scores, rows_shape), bias), shape), axis=-1)
+    out = b.Reshape(b.MatMul(weights, values), out_shape)
+    # Softmax of a row of -inf is NaN; such a row (no visible key) must give 0. It is found from
+    # the bias alone, so that a NaN coming from the inputs still propagates.
+    empty = b.Equal(b.ReduceMax(bias, b.int64([-1]), keepdims=1), neg_inf)
+    return b.op("Where", empty, zero, out, name=name)
 
 
 def build_function(element_type: int = TensorProto.FLOAT, opset: int = 18) -> onnx.FunctionProto:
@@ -84,7 +89,7 @@ def build_function(element_type: int = TensorProto.FLOAT, opset: int = 18) -> on
         q, k, v, mask = (b.cast(x, FLOAT, name=f"{x}_f32") for x in (q, k, v, mask))
 
     i64 = b.int64
-    zero_i, one_i = i64(0), i64(1)
+    zero_i, one_i, zero_i1 = i64(0), i64(1), i64([0])
     zero, one, neg_inf = b.const(0.0, np.float32), b.const(1.0, np.float32), b.const(_NEG_INF, np.float32)
 
     # ---- sizes (read at run time) and attributes ---------------------------------------------
@@ -100,13 +105,15 @@ def build_function(element_type: int = TensorProto.FLOAT, opset: int = 18) -> on
     bidirectional = b.Equal(causal, zero_i)
     offset = b.Sub(Nk, Nq)  # causal limit j <= i + offset (bottom-right alignment)
 
-    # ---- grouped-query views: [B, Hkv, g, N, D] queries against [B, Hkv, 1, N, D] keys ---------
+    # ---- grouped-query layout --------------------------------------------------------------
+    # q is viewed as [B, Hkv, g, N, D]; the rows that the g query heads of one kv head read
+    # against the same keys are stacked into one [g * rows, D] matrix, so K/V are never repeated
+    # and every matmul is a plain batched GEMM with g-fold more rows.
     q5 = b.Mul(b.Reshape(q, b.vector(B, Hkv, group, Nq, D)), scale)  # scale q once, not the scores
-    axis2 = i64([2])
-    k5, v5 = b.Unsqueeze(k, axis2), b.Unsqueeze(v, axis2)
     # The mask's head dim is 1 or Hq: view it as [Bm, 1, 1] or [Bm, Hkv, g] to match the scores.
     mask_h1 = b.Min(Hm, Hkv)
-    m5 = b.Reshape(mask, b.vector(Bm, mask_h1, b.Div(Hm, mask_h1), Mq, Mk))
+    mask_h2 = b.Div(Hm, mask_h1)
+    m5 = b.Reshape(mask, b.vector(Bm, mask_h1, mask_h2, Mq, Mk))
     last_mask_row, last_mask_col = b.Sub(Mq, one_i), b.Sub(Mk, one_i)
 
     # ---- which rows are corrected: Np = floor((N - T) / G) * G, 0 when Nq != Nk ---------------
@@ -122,49 +129,84 @@ def build_function(element_type: int = TensorProto.FLOAT, opset: int = 18) -> on
     block_start = b.Mul(b.Range(zero_i, n_blocks, one_i), block)  # [nb]
     rows = b.Add(b.Unsqueeze(block_start, i64([1])), b.Unsqueeze(b.Range(zero_i, block, one_i), i64([0])))  # [nb, bq]
     q_blocks = b.Gather(q5, b.Min(rows, b.Sub(Nq, one_i)), axis=3)  # [B, Hkv, g, nb, bq, D]
+    q_blocks = b.Transpose(q_blocks, perm=[0, 1, 3, 2, 4, 5])  # [B, Hkv, nb, g, bq, D]
+    q_blocks = b.Reshape(q_blocks, b.vector(B, Hkv, n_blocks, b.Mul(group, block), D))
 
-    # Keys of block b: sinks [0, S) then window [b*bq - W + 1, b*bq + bq - 1 (+ W - 1 if bidirectional)].
+    # Keys of block b: sinks [0, S) then the window [b*bq - W + 1, b*bq + bq - 1] (+ W - 1 more
+    # when bidirectional). Window columns skip keys j < S so that no key counts twice.
     reach = b.Sub(W_eff, one_i)
     n_window = b.Add(b.Add(block, reach), b.Mul(b.Cast(bidirectional, to=TensorProto.INT64), reach))
     window_pos = b.Add(b.Unsqueeze(b.Sub(block_start, reach), i64([1])), b.Unsqueeze(b.Range(zero_i, n_window, one_i), i64([0])))
     sink_pos = b.Unsqueeze(b.Range(zero_i, S_eff, one_i), i64([0]))
     key_pos = b.Concat(b.Expand(sink_pos, b.vector(n_blocks, S_eff)), window_pos, axis=1, name="key_pos")  # [nb, K]
     key_idx = b.Max(b.Min(key_pos, b.Sub(Nk, one_i)), zero_i)
-    k_blocks = b.Transpose(b.Unsqueeze(b.Gather(k, key_idx, axis=2), axis2), perm=[0, 1, 2, 3, 5, 4])  # [B, Hkv, 1, nb, D, K]
-    v_blocks = b.Unsqueeze(b.Gather(v, key_idx, axis=2), axis2)  # [B, Hkv, 1, nb, K, Dv]
-    scores = b.MatMul(q_blocks, k_blocks, name="sparse_scores")  # [B, Hkv, g, nb, bq, K]
+    k_blocks = b.Transpose(b.Gather(k, key_idx, axis=2), perm=[0, 1, 2, 4, 3])  # [B, Hkv, nb, D, K]
+    v_blocks = b.Gather(v, key_idx, axis=2)  # [B, Hkv, nb, K, Dv]
+    n_keys = b.Add(S_eff, n_window)
+    scores = b.MatMul(q_blocks, k_blocks, name="sparse_scores")  # [B, Hkv, nb, g * bq, K]
 
-    i = b.Unsqueeze(rows, i64([2]))  # [nb, bq, 1]
-    j = b.Unsqueeze(key_pos, i64([1]))  # [nb, 1, K]
-    # Sink columns hold keys [0, S); window columns skip them (j >= S) so no key counts twice.
-    is_sink = b.Less(b.Range(zero_i, b.Add(S_eff, n_window), one_i), S_eff)  # [K]
-    in_window = b.And(
-        b.And(b.GreaterOrEqual(j, S_eff), b.Less(j, Nk)),
-        b.And(b.Less(b.Sub(i, j), W_eff), b.Less(b.Sub(j, i), W_eff)),
-    )
-    visible = b.And(b.Or(is_sink, in_window), b.Or(bidirectional, b.LessOrEqual(j, i)))
-    bias = b.Where(visible, zero, neg_inf)  # [nb, bq, K]
-    # The user's mask at (row, key) of every block entry, read from its flattened [Mq * Mk] view.
-    mask_flat = b.Reshape(m5, b.vector(Bm, mask_h1, b.Div(Hm, mask_h1), b.Mul(Mq, Mk)))
-    mask_idx = b.Add(
-        b.Mul(b.Min(i, last_mask_row), Mk), b.Min(b.Unsqueeze(key_idx, i64([1])), last_mask_col)
-    )
-    bias = b.Add(bias, b.Gather(mask_flat, mask_idx, axis=3))  # [Bm, h1, h2, nb, bq, K]
-    sparse = _attend(b, b.Add(scores, bias), v_blocks, neg_inf, zero, one, name="sparse_out")
-    sparse = b.Reshape(sparse, b.vector(B, Hkv, group, b.Mul(n_blocks, block), Dv))  # [B, Hkv, g, nb*bq, Dv]
+    # Visibility of key j to row i as bounds on d = i - j: lo <= d <= hi. Window keys: |d| < W,
+    # and d >= 0 when causal; sinks: no upper bound, d >= 0 when causal; out-of-range or
+    # duplicated-sink window slots: hi = -FAR (never visible).
+    # With d = r + e, r the row within the block and e = block start - j, this is a range of r
+    # per (block, key): first_row <= r <= last_row, computed on [nb, K] and compared once.
+    far = i64(_FAR)
+    is_sink = b.Less(b.Range(zero_i, n_keys, one_i), S_eff)  # [K]
+    window_ok = b.And(b.GreaterOrEqual(key_pos, S_eff), b.Less(key_pos, Nk))  # [nb, K]
+    hi = b.Where(is_sink, far, b.Where(window_ok, reach, b.Neg(far)))  # [nb, K]
+    lo = b.Where(bidirectional, b.Where(is_sink, b.Neg(far), b.Neg(reach)), zero_i)  # [K]
+    e = b.Sub(b.Unsqueeze(block_start, i64([1])), key_pos)  # [nb, K]
+    first_row, last_row = b.Unsqueeze(b.Sub(lo, e), i64([1])), b.Unsqueeze(b.Sub(hi, e), i64([1]))  # [nb, 1, K]
+    r = b.Unsqueeze(b.Range(zero_i, block, one_i), i64([0, 2]))  # [1, bq, 1]
+    visible = b.And(b.GreaterOrEqual(r, first_row), b.LessOrEqual(r, last_row))  # [nb, bq, K]
+    bias = b.Unsqueeze(b.Where(visible, zero, neg_inf), i64([1]))  # [nb, 1, bq, K]
+    # The user's mask at (row, key) of every block entry, from its flattened [Mq * Mk] view. A
+    # broadcast row (Mq = 1) or key (Mk = 1) dim stays size 1 in the index, so a key-padding mask
+    # costs [nb, 1, K] and the canonical "no mask" [nb, 1, 1].
+    # The index also walks the mask's h2 heads, so the gather lands directly in the scores' layout.
+    mask_rows = b.Slice(b.Unsqueeze(rows, i64([1, 3])), zero_i1, b.vector(b.Where(b.Equal(Mq, one_i), one_i, block)), i64([2]))
+    mask_cols = b.Slice(b.Unsqueeze(key_idx, i64([1, 2])), zero_i1, b.vector(b.Where(b.Equal(Mk, one_i), one_i, n_keys)), i64([3]))
+    mask_heads = b.Unsqueeze(b.Mul(b.Range(zero_i, mask_h2, one_i), b.Mul(Mq, Mk)), i64([0, 2, 3]))  # [1, h2, 1, 1]
+    mask_idx = b.Add(mask_heads, b.Add(b.Mul(b.Min(mask_rows, last_mask_row), Mk), b.Min(mask_cols, last_mask_col)))
+    mask_flat = b.Reshape(m5, b.vector(Bm, mask_h1, b.Mul(mask_h2, b.Mul(Mq, Mk))))
+    user = b.Gather(mask_flat, mask_idx, axis=2)  # [Bm, h1, nb, h2, bq|1, K|1]
+    sparse = _attend(
+        b,
+        scores,
+        b.Add(bias, user),  # [Bm|1, h1|1, nb, h2|1, bq, K]
+        v_blocks,
+        b.vector(B, Hkv, n_blocks, group, block, n_keys),
+        b.vector(B, Hkv, n_blocks, group, block, Dv),
+        zero,
+        neg_inf,
+        name="sparse_out",
+    )  # [B, Hkv, nb, g, bq, Dv]
+    sparse = b.Transpose(sparse, perm=[0, 1, 3, 2, 4, 5])  # [B, Hkv, g, nb, bq, Dv]
+    sparse = b.Reshape(sparse, b.vector(B, Hkv, group, b.Mul(n_blocks, block), Dv))
 
     # ---- dense rows: anchors 0, G, .., Np - G, then the tail [Np, Nq) -------------------------
     n_dense = b.Add(n_anchors, b.Sub(Nq, n_corrected))
     t = b.Range(zero_i, n_dense, one_i)
     dense_rows = b.Where(b.Less(t, n_anchors), b.Mul(t, G), b.Add(n_corrected, b.Sub(t, n_anchors)), name="dense_rows")
-    q_dense = b.Gather(q5, dense_rows, axis=3)  # [B, Hkv, g, nD, D]
-    dense_scores = b.MatMul(q_dense, b.Transpose(k5, perm=[0, 1, 2, 4, 3]), name="dense_scores")  # [.., nD, Nk]
+    q_dense = b.Reshape(b.Gather(q5, dense_rows, axis=3), b.vector(B, Hkv, b.Mul(group, n_dense), D))
+    dense_scores = b.MatMul(q_dense, b.Transpose(k, perm=[0, 1, 3, 2]), name="dense_scores")  # [B, Hkv, g * nD, Nk]
     causal_ok = b.Or(
         bidirectional,
         b.LessOrEqual(b.Unsqueeze(b.Range(zero_i, Nk, one_i), i64([0])), b.Unsqueeze(b.Add(dense_rows, offset), i64([1]))),
     )
-    dense_bias = b.Add(b.Where(causal_ok, zero, neg_inf), b.Gather(m5, b.Min(dense_rows, last_mask_row), axis=3))
-    dense = _attend(b, b.Add(dense_scores, dense_bias), v5, neg_inf, zero, one, name="dense_out")  # [.., nD, Dv]
+    dense_bias = b.Where(causal_ok, zero, neg_inf)  # [nD, Nk]
+    dense_user = b.Gather(m5, b.Min(dense_rows, last_mask_row), axis=3)  # [Bm, h1, h2, nD, Mk]
+    dense = _attend(
+        b,
+        dense_scores,
+        b.Add(dense_bias, dense_user),  # [Bm|1, h1|1, h2|1, nD, Nk]
+        v,
+        b.vector(B, Hkv, group, n_dense, Nk),
+        b.vector(B, Hkv, group, n_dense, Dv),
+        zero,
+        neg_inf,
+        name="dense_out",
+    )  # [B, Hkv, g, nD, Dv]
 
     # ---- O(i) = O_s(i) + O_d(a) - O_s(a) for i < Np, O_d(i) after ------------------------------
     row = b.Range(zero_i, Nq, one_i)
@@ -175,9 +217,7 @@ def build_function(element_type: int = TensorProto.FLOAT, opset: int = 18) -> on
     last_sparse = b.Sub(b.Mul(n_blocks, block), one_i)  # rows past it are dense rows: clamp only
     sparse_at = b.Gather(sparse, b.Min(row, last_sparse), axis=3)
     sparse_anchor = b.Gather(sparse, b.Min(b.Mul(anchor_slot, G), last_sparse), axis=3)
-    out = b.Where(
-        b.Unsqueeze(corrected, i64([1])), b.Add(sparse_at, b.Sub(dense_at, sparse_anchor)), dense_at
-    )
+    out = b.Where(b.Unsqueeze(corrected, i64([1])), b.Add(sparse_at, b.Sub(dense_at, sparse_anchor)), dense_at)
 
     # ---- rows that the mask leaves without any key are zero, correction included -------------
     visible_f = b.Cast(b.Greater(m5, neg_inf), to=FLOAT)  # [Bm, h1, h2, Mq, Mk]
@@ -187,9 +227,8 @@ def build_function(element_type: int = TensorProto.FLOAT, opset: int = 18) -> on
     has_key = b.And(
         b.Gather(any_key, mask_row, axis=3),
         b.Or(bidirectional, b.LessOrEqual(b.Gather(first_key, mask_row, axis=3), b.Unsqueeze(b.Add(row, offset), i64([1])))),
-    )
-    out = b.Where(has_key, out, zero)
-    out = b.Reshape(out, b.vector(B, Hq, Nq, Dv), name="out_f32" if element_type != FLOAT else "out_4d")
+    )  # [Bm, h1, h2, Nq, 1]
+    out = b.Reshape(b.Where(has_key, out, zero), b.vector(B, Hq, Nq, Dv))
     if element_type != FLOAT:
         out = b.cast(out, element_type, name="out_cast")
     b.nodes.append(helper.make_node("Identity", [out], [OUTPUTS[0]], name="output"))
