@@ -4,6 +4,7 @@ Public API::
 
     delta_opt.delta_attention(q, k, v, attn_mask=None, *, causal, window, sinks, stride, tail, scale, impl)
     delta_opt.DeltaConfig(window=..., sinks=..., stride=..., tail=..., min_seq_len=..., impl=...)
+    delta_opt.export_onnx(program_or_model, example_inputs, path, *, config, opset, dynamic_shapes, inline)
 
 Importing the package registers the op ``delta_opt::delta_attention`` with torch.
 """
@@ -13,4 +14,13 @@ from .ops import delta_attention
 
 __version__ = "0.1.0"
 
-__all__ = ["DeltaConfig", "Impl", "delta_attention", "__version__"]
+__all__ = ["DeltaConfig", "Impl", "delta_attention", "export_onnx", "__version__"]
+
+
+def __getattr__(name: str):
+    # ONNX export pulls in onnx and onnxscript: imported on first use, not with the package.
+    if name == "export_onnx":
+        from .backends.onnx.export import export_onnx
+
+        return export_onnx
+    raise AttributeError(f"module 'delta_opt' has no attribute {name!r}")

@@ -10,5 +10,14 @@ Importing this package imports onnx; ``delta_opt`` itself only imports it when t
 """
 
 from .export import DEFAULT_OPSET, OnnxExport, count_delta_nodes, export_onnx
+from .session import MissingFunctionError, check_function_bodies, load_session
 
-__all__ = ["DEFAULT_OPSET", "OnnxExport", "count_delta_nodes", "export_onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "MissingFunctionError",
+    "OnnxExport",
+    "check_function_bodies",
+    "count_delta_nodes",
+    "export_onnx",
+    "load_session",
+]
