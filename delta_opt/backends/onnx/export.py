@@ -24,7 +24,7 @@ from ...bench.io import atomic_write_bytes
 from ...config import DeltaConfig
 from .body import build_function
 from .schema import DOMAIN, OP_TYPE, VERSION
-from .translation import Translation
+from .translation import ExportError, Translation
 
 __all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "OnnxExport", "count_delta_nodes", "export_onnx"]
 
@@ -177,7 +177,16 @@ def export_onnx(
         program_or_model = _convert(program_or_model, example_inputs, config)
 
     translation = Translation()
-    onnx_program = _torch_export(program_or_model, example_inputs, translation, opset, dynamic_shapes)
+    try:
+        onnx_program = _torch_export(program_or_model, example_inputs, translation, opset, dynamic_shapes)
+    except Exception as e:
+        # The exporter wraps errors of a translation function in its own; surface ours as is.
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, ExportError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
     model = onnx_program.model_proto
     sites = _count_sites(onnx_program.exported_program)
     written = count_delta_nodes(model)

@@ -19,7 +19,11 @@ from onnxscript.values import Op, Opset
 from .body import SUPPORTED_ELEMENT_TYPES
 from .schema import DOMAIN, OP_TYPE, VERSION, NodeAttributes, op_schema
 
-__all__ = ["Translation"]
+__all__ = ["ExportError", "Translation"]
+
+
+class ExportError(ValueError):
+    """A delta_attention site that cannot become a DeltaAttention node (raised through the exporter)."""
 
 
 def _scalar(value: float, element_type: int, name: str) -> onnx.TensorProto:
@@ -30,7 +34,7 @@ class Translation:
     """The translation function plus what it saw: the element types and the number of sites.
 
     A model gets one function body, generated for one element type, so every site must share it;
-    a second element type raises ``ValueError`` at export time.
+    a second element type raises :class:`ExportError` at export time.
     """
 
     def __init__(self) -> None:
@@ -84,20 +88,20 @@ class Translation:
         """One ``DeltaAttention`` node for one site (q, k, v, attn_mask are exporter values)."""
         element_type = int(q.dtype)
         if element_type not in SUPPORTED_ELEMENT_TYPES:
-            raise ValueError(
+            raise ExportError(
                 f"delta_attention sites export as DeltaAttention nodes for float32/float16/bfloat16 inputs; "
                 f"got {TensorProto.DataType.Name(element_type)}"
             )
         if self.element_types and element_type not in self.element_types:
             seen = TensorProto.DataType.Name(self.element_type)  # type: ignore[arg-type]
-            raise ValueError(
+            raise ExportError(
                 f"all delta_attention sites of a model must share one dtype (one function body per model); "
                 f"got {seen} and {TensorProto.DataType.Name(element_type)}"
             )
         self.element_types.add(element_type)
         head_dim = q.shape[3]
         if scale is None and not isinstance(head_dim, int):
-            raise ValueError(
+            raise ExportError(
                 "the head dim of q (dim 3) is dynamic, but the node's scale attribute is 1/sqrt(D) for a fixed D: "
                 "make dim 3 static in dynamic_shapes or pass scale= to delta_attention"
             )

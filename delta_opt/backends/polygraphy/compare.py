@@ -77,6 +77,16 @@ def _tensorrt_runner(path: Path, plugins: Sequence[str]):
     return TrtRunner(EngineFromNetwork(network), name="tensorrt")
 
 
+def _simple_compare(atol: float, rtol: float):
+    try:  # Polygraphy >= 0.50 names the class; CompareFunc.simple is deprecated there.
+        from polygraphy.comparator.compare import SimpleCompareFunc
+    except ImportError:  # pragma: no cover - older Polygraphy
+        from polygraphy.comparator import CompareFunc
+
+        return CompareFunc.simple(atol=atol, rtol=rtol)
+    return SimpleCompareFunc(atol=atol, rtol=rtol)
+
+
 def _feeds(inputs: Any, names: Sequence[str]) -> list[dict[str, np.ndarray]]:
     feeds = [inputs] if isinstance(inputs, Mapping) else list(inputs)
     if not feeds:
@@ -119,7 +129,7 @@ def compare(
         every feed, with max/mean/median absolute and max relative errors per output.
     """
     from polygraphy.backend.onnxrt import OnnxrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
     from ..onnx.session import load_session
@@ -160,7 +170,7 @@ def compare(
         accuracy = Comparator.compare_accuracy(
             results,
             comparisons=[(0, i) for i in range(1, len(runners))],
-            compare_func=CompareFunc.simple(atol=atol, rtol=rtol),
+            compare_func=_simple_compare(atol, rtol),
         )
 
     backends = []
