@@ -6,15 +6,16 @@ follows the cost structure of the method rather than masking a dense attention:
 - **sparse rows** ``[0, Np)``: queries are taken in blocks of ``bq`` rows (``Gather`` with a
   ``[nb, bq]`` index, so no padding copy); each block reads its own key list, ``S`` sink keys
   followed by the ``bq + W - 1`` window keys around it (``bq + 2W - 2`` when bidirectional), with
-  one ``Gather`` of K and V by a ``[nb, S + L]`` index. Scores are ``[.., nb, bq, S + L]``:
+  one ``Gather`` of K and V by a ``[nb, S + L]`` index. Scores are ``[B, Hkv, nb, g * bq, S + L]``:
   time and memory grow as ``N * (W + S)``.
 - **dense rows**: the anchors ``0, G, .., Np - G`` and the tail ``[Np, N)`` are gathered into one
   ``[.., nA + N - Np, D]`` query tensor and attend to all keys: ``(N / G) * N`` work.
 - the output row i < Np is ``O_s(i) + O_d(a) - O_s(a)``, the rows from Np on are ``O_d(i)``;
   both are ``Gather``s of the two results by a per-row index, then one ``Where``.
 
-Grouped-query heads are never repeated: q is viewed as ``[B, Hkv, g, N, D]`` and K/V as
-``[B, Hkv, 1, N, D]``, and ``MatMul`` broadcasts over the g query heads of a group. All sizes are
+Grouped-query heads are never repeated: q is viewed as ``[B, Hkv, g, N, D]`` and the rows of the
+g query heads that share a kv head are stacked into one ``[g * rows, D]`` matrix against that kv
+head's keys, so every matmul is a plain batched GEMM with g-fold more rows. All sizes are
 read from the inputs' shapes at run time, so one export serves every batch size and sequence
 length: lengths that are not multiples of G or of the block size, and lengths below W, T or bq
 (the block size shrinks to ``max(Np, 1)``, so a decode step costs one row).
@@ -22,11 +23,13 @@ length: lengths that are not multiples of G or of the block size, and lengths be
 ``Nq != Nk`` (decode steps, chunked prefill) needs no branch: then ``Np = 0``, every row is a
 dense row and the causal limit ``j <= i + Nk - Nq`` is the spec's bottom-right alignment.
 
-A row with no visible key outputs zeros: softmax subtracts a row max of 0 instead of ``-inf`` and
-divides by 1 instead of 0, and rows that the mask leaves without any key are zeroed at the end
-(a corrected row would otherwise inherit its anchor's delta). The empty-row test reads the mask
-once (``ArgMax`` of its visible entries: the first visible key must be within the causal limit);
-it builds one float tensor the size of the mask, which for the canonical "no mask" is [1,1,1,1].
+A row with no visible key outputs zeros. ``Softmax`` of an all ``-inf`` row is NaN, so each of
+the two attentions finds its empty rows from the additive bias alone (structure + mask, far
+smaller than the scores) and writes 0 there; a NaN that comes from the data still propagates, as
+in the reference. Rows that the mask leaves without any key at all are zeroed at the end (a
+corrected row would otherwise inherit its anchor's delta): that test reads the mask once
+(``ArgMax`` of its visible entries: the first visible key must be within the causal limit) and
+builds one float tensor the size of the mask, [1, 1, 1, 1] for the canonical "no mask".
 
 The body is generated for the element type of the model's sites: float16 / bfloat16 inputs are
 cast to float32 on entry and back on exit (as the PyTorch blocked implementation does), because a
@@ -39,8 +42,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .builder import BOOL, FLOAT, NodeBuilder
-from .schema import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, ATTRIBUTES
+from .builder import FLOAT, NodeBuilder
+from .schema import ATTRIBUTES, DOMAIN, INPUTS, OP_TYPE, OUTPUTS
 
 __all__ = ["build_function", "SUPPORTED_ELEMENT_TYPES", "BLOCK_ROWS_MIN", "BLOCK_ROWS_MAX"]
 
@@ -55,7 +58,17 @@ _NEG_INF = float("-inf")
 _FAR = 1 << 40
 
 
-def _attend(b: NodeBuilder, scores: str, bias: str, values: str, rows_shape: str, out_shape: str, zero: str, neg_inf: str, name: str) -> str:
+def _attend(
+    b: NodeBuilder,
+    scores: str,
+    bias: str,
+    values: str,
+    rows_shape: str,
+    out_shape: str,
+    zero: str,
+    neg_inf: str,
+    name: str,
+) -> str:
     """softmax(scores + bias) @ values over the last axis; a row whose bias is all -inf gives 0.
 
     ``scores`` is added to ``bias`` in the shape ``rows_shape`` (where the bias broadcasts), and
@@ -90,7 +103,7 @@ def build_function(element_type: int = TensorProto.FLOAT, opset: int = 18) -> on
 
     i64 = b.int64
     zero_i, one_i, zero_i1 = i64(0), i64(1), i64([0])
-    zero, one, neg_inf = b.const(0.0, np.float32), b.const(1.0, np.float32), b.const(_NEG_INF, np.float32)
+    zero, neg_inf = b.const(0.0, np.float32), b.const(_NEG_INF, np.float32)
 
     # ---- sizes (read at run time) and attributes ---------------------------------------------
     q_shape, k_shape, v_shape, m_shape = (b.Shape(x) for x in (q, k, v, mask))

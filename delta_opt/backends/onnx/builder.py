@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-__all__ = ["NodeBuilder"]
+__all__ = ["FLOAT", "NodeBuilder"]
 
 
 class NodeBuilder:
@@ -75,5 +75,3 @@ class NodeBuilder:
 
 
 FLOAT = TensorProto.FLOAT
-BOOL = TensorProto.BOOL
-INT64 = TensorProto.INT64
