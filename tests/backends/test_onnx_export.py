@@ -140,6 +140,19 @@ def test_node_count_equals_the_programs_op_count(tmp_path) -> None:
         assert np.abs(sess.run(None, _feed(sess, y.q, y.k, y.v))[0] - expected.numpy()).max() <= ATOL
 
 
+def test_a_call_repeated_verbatim_shares_one_node(tmp_path) -> None:
+    class Twice(torch.nn.Module):
+        def forward(self, q, k, v):
+            a = delta_opt.delta_attention(q, k, v, causal=True, **PARAMS)
+            return a + delta_opt.delta_attention(q, k, v, causal=True, **PARAMS)
+
+    x = _inputs("none", 4, 2, n=30, batch=2, seed=10)
+    result = export_onnx(Twice(), (x.q, x.k, x.v), tmp_path / "twice.onnx")
+    assert (result.delta_sites, result.delta_nodes) == (2, 1)  # the exporter computes it once
+    sess = load_session(result.path)
+    assert np.abs(sess.run(None, _feed(sess, x.q, x.k, x.v))[0] - Twice()(x.q, x.k, x.v).numpy()).max() <= ATOL
+
+
 def test_decode_shapes_export_and_run_dense(tmp_path) -> None:
     # Separate query and key lengths: Nq != Nk is dense attention, causal bottom-right aligned.
     module = DeltaModule(causal=True, **PARAMS)

@@ -47,7 +47,9 @@ class OnnxExport:
 
     path: Path
     delta_nodes: int  # DeltaAttention nodes written (0 when inline=True: they are expanded)
-    delta_sites: int  # delta_opt::delta_attention nodes in the exported program
+    delta_sites: int  # delta_opt::delta_attention calls in the exported program
+    # Identical calls (same inputs and parameters) are computed once: delta_nodes equals the
+    # number of distinct calls, which is delta_sites unless a model repeats a call verbatim.
     opset: int
     inline: bool
     input_names: tuple[str, ...]
@@ -59,10 +61,16 @@ def count_delta_nodes(model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE)
 
 
-def _count_sites(program: torch.export.ExportedProgram) -> int:
-    """Number of ``delta_opt::delta_attention`` calls in the program's graph."""
+def _count_sites(program: torch.export.ExportedProgram) -> tuple[int, int]:
+    """(all, distinct) ``delta_opt::delta_attention`` calls in the program's graph.
+
+    Calls with the same inputs and parameters are distinct only once: the exporter's optimizer
+    computes such a call a single time (common-subexpression elimination), which is exact.
+    """
     target = torch.ops.delta_opt.delta_attention.default
-    return sum(1 for n in program.graph.nodes if n.op == "call_function" and n.target is target)
+    calls = [n for n in program.graph.nodes if n.op == "call_function" and n.target is target]
+    distinct = {(tuple(n.args), tuple(sorted(n.kwargs.items()))) for n in calls}
+    return len(calls), len(distinct)
 
 
 def _check_arguments(
@@ -168,7 +176,8 @@ def export_onnx(
         force: overwrite ``path`` if it exists.
 
     Returns:
-        :class:`OnnxExport` with the node count (equal to the program's ``delta_attention`` count).
+        :class:`OnnxExport` with the node count: one node per ``delta_attention`` call of the
+        program (calls repeated verbatim, same inputs and parameters, share one node).
     """
     path, opset = _check_arguments(program_or_model, example_inputs, path, opset, dynamic_shapes, force)
     if not isinstance(inline, bool):
@@ -188,10 +197,12 @@ def export_onnx(
             raise cause from None
         raise
     model = onnx_program.model_proto
-    sites = _count_sites(onnx_program.exported_program)
+    sites, distinct = _count_sites(onnx_program.exported_program)
     written = count_delta_nodes(model)
-    if written != sites:  # each site must become exactly one node; anything else is a bug here
-        raise RuntimeError(f"exported {written} DeltaAttention nodes for {sites} delta_attention sites")
+    if written != distinct:  # each distinct site must become exactly one node; anything else is a bug here
+        raise RuntimeError(f"exported {written} DeltaAttention nodes for {distinct} distinct delta_attention sites")
+    if distinct != sites:
+        logger.info("%d identical delta_attention call(s) share one DeltaAttention node", sites - distinct)
 
     if written:
         del model.functions[:]  # never keep a stale body from elsewhere
