@@ -215,6 +215,11 @@ def export_onnx(
         kept = [o for o in model.opset_import if o.domain != DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(kept)
+        # The inlined bodies carry their attributes as constants now: fold the size arithmetic
+        # they feed, as the exporter does for the rest of the graph.
+        import onnxscript.optimizer
+
+        model = onnxscript.optimizer.optimize(model)
     onnx.checker.check_model(model)
     if model.ByteSize() > _PROTOBUF_LIMIT:
         raise ValueError(
