@@ -55,3 +55,12 @@ def test_bad_attributes_are_rejected(changes: dict, message: str) -> None:
     good = dict(causal=True, window=8, sinks=2, stride=4, tail=4, scale=0.25)
     with pytest.raises(ValueError, match=message):
         NodeAttributes(**{**good, **changes})
+
+
+def test_importing_delta_opt_does_not_import_onnx() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, delta_opt; assert 'onnx' not in sys.modules and 'onnxscript' not in sys.modules; delta_opt.export_onnx"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -227,6 +227,8 @@ def export_onnx(
             "export_onnx does not write external-data files yet"
         )
     atomic_write_bytes(path, model.SerializeToString(), force=force)
+    if not sites:
+        logger.warning("%s: the model calls delta_attention nowhere; its attention is exported as it is", path)
     logger.info("wrote %s: %d DeltaAttention node(s), opset %d, inline=%s", path, written, opset, inline)
     return OnnxExport(
         path=path,
