@@ -54,6 +54,7 @@ class OnnxExport:
     inline: bool
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    conversion: Any = None  # the delta_opt.optimize report when export_onnx converted the model (config=)
 
 
 def count_delta_nodes(model: onnx.ModelProto) -> int:
@@ -99,8 +100,8 @@ def _check_arguments(
     return path, opset
 
 
-def _convert(model: Any, example_inputs: Any, config: DeltaConfig) -> Any:
-    """Run the conversion pass first when a config is given."""
+def _convert(model: Any, example_inputs: Any, config: DeltaConfig, dynamic_shapes: Any) -> tuple[Any, Any]:
+    """Convert the model's attention with ``delta_opt.optimize`` first: (program, report)."""
     if not isinstance(config, DeltaConfig):
         raise ValueError(f"config must be a DeltaConfig or None; got {type(config).__name__}")
     import delta_opt
@@ -111,9 +112,7 @@ def _convert(model: Any, example_inputs: Any, config: DeltaConfig) -> Any:
             "config= asks export_onnx to convert the model with delta_opt.optimize first, which this "
             "installation does not provide; export a model whose attention already calls delta_attention"
         )
-    args = tuple(example_inputs.values()) if isinstance(example_inputs, Mapping) else example_inputs
-    result = optimize(model, args, config)
-    return getattr(result, "program", result)
+    return optimize(model, example_inputs, config, dynamic_shapes=dynamic_shapes)
 
 
 def _torch_export(model: Any, example_inputs: Any, translation: Translation, opset: int, dynamic_shapes: Any):
@@ -165,7 +164,8 @@ def export_onnx(
         path: the ``.onnx`` file to write; written atomically, never over an existing file
             unless ``force``.
         config: when given, the model is first converted with ``delta_opt.optimize(model,
-            example_inputs, config)``.
+            example_inputs, config, dynamic_shapes=dynamic_shapes)`` and its report is returned
+            in :attr:`OnnxExport.conversion`.
         opset: ONNX opset of the default domain, 18 (default) to 23.
         dynamic_shapes: as ``torch.export`` takes it (e.g. ``{"x": {0: Dim("batch"), 1:
             Dim("seq")}}``); None exports static shapes. Every DeltaAttention node reads its sizes
@@ -182,8 +182,11 @@ def export_onnx(
     path, opset = _check_arguments(program_or_model, example_inputs, path, opset, dynamic_shapes, force)
     if not isinstance(inline, bool):
         raise ValueError(f"inline must be a bool; got {inline!r}")
+    conversion = None
     if config is not None:
-        program_or_model = _convert(program_or_model, example_inputs, config)
+        # The pass traces the model (with dynamic_shapes); the program it returns is exported as is.
+        program_or_model, conversion = _convert(program_or_model, example_inputs, config, dynamic_shapes)
+        dynamic_shapes = None
 
     translation = Translation()
     try:
@@ -238,4 +241,5 @@ def export_onnx(
         inline=inline,
         input_names=tuple(i.name for i in model.graph.input),
         output_names=tuple(o.name for o in model.graph.output),
+        conversion=conversion,
     )
