@@ -122,3 +122,56 @@ def run(
         f"max_abs_error_vs_pytorch_op_at_{n_check}": max_abs,
         "results": results,
     }
+
+
+def run_smollm2(n: int = 4096, *, repeat: int = 2, threads: int | None = None, export_len: int = 256, **overrides: int) -> dict[str, Any]:
+    """End-to-end prefill latency of SmolLM2-135M in ONNX Runtime: converted vs dense, at length ``n``.
+
+    The real model (``delta_opt.models.load_smollm2``, float32) is exported twice with a dynamic
+    sequence length: as it is (the exporter's SDPA lowering) and converted with
+    ``delta_opt.optimize`` (``export_onnx(config=...)``). Both run on the same random token ids;
+    only the last position's logits are computed (``logits_to_keep=1``), as in a prefill step.
+    """
+    import delta_opt
+
+    from ..backends.onnx import export_onnx
+    from ..config import DeltaConfig
+    from ..models import load_smollm2
+
+    if getattr(delta_opt, "optimize", None) is None:
+        raise ValueError("the SmolLM2 end-to-end benchmark needs delta_opt.optimize (the conversion pass)")
+    params = {**{k: DEFAULTS[k] for k in ("window", "sinks", "stride")}, **overrides}
+    threads = threads or torch.get_num_threads()
+    model, _ = load_smollm2()
+    g = torch.Generator().manual_seed(0)
+    example = {"input_ids": torch.randint(0, model.config.vocab_size, (1, export_len), generator=g), "use_cache": False, "logits_to_keep": 1}
+    dims = {"input_ids": {1: torch.export.Dim("seq", max=model.config.max_position_embeddings)}, "use_cache": None, "logits_to_keep": None}
+    ids = torch.randint(0, model.config.vocab_size, (1, n), generator=g).numpy()
+    row: dict[str, Any] = {"n": n}
+    with tempfile.TemporaryDirectory() as folder:
+        dense = export_onnx(model, example, Path(folder) / "dense.onnx", dynamic_shapes=dims)
+        delta = export_onnx(model, example, Path(folder) / "delta.onnx", dynamic_shapes=dims, config=DeltaConfig(**params))
+        outputs = {}
+        for name, result in (("dense", dense), ("delta", delta)):
+            sess = _session(result.path, threads)
+            feed = {sess.get_inputs()[0].name: ids}
+            row[name] = time_call(lambda: sess.run(None, feed), repeat=repeat)
+            row[name]["delta_nodes"] = result.delta_nodes
+            outputs[name] = sess.run(None, feed)[0]
+            del sess
+    row["speedup"] = row["dense"]["median_s"] / row["delta"]["median_s"]
+    # How far the converted model's next-token distribution moves from the dense one's.
+    dense_logp = torch.log_softmax(torch.from_numpy(outputs["dense"]).double().reshape(-1), 0)
+    delta_logp = torch.log_softmax(torch.from_numpy(outputs["delta"]).double().reshape(-1), 0)
+    row["last_token_kl_dense_to_delta"] = float((dense_logp.exp() * (dense_logp - delta_logp)).sum())
+    row["same_argmax"] = bool(dense_logp.argmax() == delta_logp.argmax())
+    import onnxruntime
+
+    return {
+        "benchmark": "onnx_cpu_smollm2",
+        "dtype": "float32",
+        "params": params,
+        "converted_sites": delta.delta_nodes,
+        "machine": {**machine_info(), "onnxruntime": onnxruntime.__version__, "ort_intra_op_threads": threads},
+        "results": [row],
+    }
