@@ -12,7 +12,7 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,6 +55,9 @@ class OnnxExport:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     conversion: Any = None  # the delta_opt.optimize report when export_onnx converted the model (config=)
+    # The ExportedProgram that was lowered (after the exporter's decompositions): ``program.module()``
+    # runs in PyTorch exactly what the ONNX file computes.
+    program: Any = field(default=None, repr=False)
 
 
 def count_delta_nodes(model: onnx.ModelProto) -> int:
@@ -242,4 +245,5 @@ def export_onnx(
         input_names=tuple(i.name for i in model.graph.input),
         output_names=tuple(o.name for o in model.graph.output),
         conversion=conversion,
+        program=onnx_program.exported_program,
     )
