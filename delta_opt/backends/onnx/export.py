@@ -211,13 +211,16 @@ def export_onnx(
         logger.info("%d identical delta_attention call(s) share one DeltaAttention node", sites - distinct)
 
     if written:
-        del model.functions[:]  # never keep a stale body from elsewhere
+        # Replace any body of our op already there (never keep a stale one), keep other functions.
+        others = [f for f in model.functions if (f.domain, f.name) != (DOMAIN, OP_TYPE)]
+        del model.functions[:]
+        model.functions.extend(others)
         model.functions.append(build_function(translation.element_type, opset))  # type: ignore[arg-type]
         if not any(o.domain == DOMAIN for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, VERSION))
     if inline and written:
         model = onnx.inliner.inline_local_functions(model)
-        del model.functions[:]
+        del model.functions[:]  # all local functions are expanded now
         kept = [o for o in model.opset_import if o.domain != DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(kept)
@@ -226,12 +229,13 @@ def export_onnx(
         import onnxscript.optimizer
 
         model = onnxscript.optimizer.optimize(model)
-    onnx.checker.check_model(model)
-    if model.ByteSize() > _PROTOBUF_LIMIT:
+    size = model.ByteSize()
+    if size > _PROTOBUF_LIMIT:
         raise ValueError(
-            f"the model is {model.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GiB limit; "
+            f"the model is {size / 2**30:.1f} GiB, over protobuf's 2 GiB limit; "
             "export_onnx does not write external-data files yet"
         )
+    onnx.checker.check_model(model)
     atomic_write_bytes(path, model.SerializeToString(), force=force)
     if not sites:
         logger.warning("%s: the model calls delta_attention nowhere; its attention is exported as it is", path)
