@@ -54,8 +54,9 @@ SUPPORTED_ELEMENT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.B
 BLOCK_ROWS_MIN = 16
 BLOCK_ROWS_MAX = 128
 _NEG_INF = float("-inf")
-# Beyond any |i - j| a model can have: the bound of "no limit" in the visibility test.
-_FAR = 1 << 40
+# Beyond any |i - j| a model can have: the bound of "no limit" in the visibility test. It stays
+# inside int32, because TensorRT imports int64 tensors as int32.
+_FAR = 1 << 30
 
 
 def _attend(
