@@ -31,6 +31,10 @@ corrected row would otherwise inherit its anchor's delta): that test reads the m
 (``ArgMax`` of its visible entries: the first visible key must be within the causal limit) and
 builds one float tensor the size of the mask, [1, 1, 1, 1] for the canonical "no mask".
 
+Index arithmetic stays within int32 (TensorRT imports int64 as int32) except the flat index into
+a full ``[.., N, N]`` mask, ``Mq * Mk``, which passes 2^31 from N = 46341: at such lengths with a
+full mask, TensorRT needs the plugin rather than this body (ONNX Runtime computes in int64).
+
 The body is generated for the element type of the model's sites: float16 / bfloat16 inputs are
 cast to float32 on entry and back on exit (as the PyTorch blocked implementation does), because a
 body cannot otherwise create constants in its inputs' type with the ops TensorRT imports.
