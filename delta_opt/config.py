@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import fnmatch
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -52,6 +53,24 @@ def default_tail(stride: int) -> int:
     return max(128, stride)
 
 
+def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise ValueError(f"{name} must be a list of layer indices (integers >= 0); got {value!r}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise ValueError(f"{name} must be a list of layer indices (integers >= 0); got item {item!r}")
+    return tuple(value)
+
+
+def _glob_tuple(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise ValueError(f"{name} must be a list of module-path globs (non-empty strings); got {value!r}")
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"{name} must be a list of module-path globs (non-empty strings); got item {item!r}")
+    return tuple(value)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     # bool is an int subclass; `window=True` is a bug, not a window of 1.
     if isinstance(value, bool) or not isinstance(value, int):
@@ -71,7 +90,16 @@ class DeltaConfig:
             dense-minus-sparse difference corrects the G - 1 rows after it.
         tail: number T >= 0 of final rows computed densely; ``None`` means the paper's
             ``max(128, stride)`` (see :attr:`resolved_tail`).
-        min_seq_len: sequences shorter than this run dense attention (nothing to save there).
+        min_seq_len: attention over sequences shorter than this stays dense (nothing to save
+            there). The conversion decides per site from the traced length: a static length
+            ``N < min_seq_len`` keeps the site dense; a dynamic length is kept dense only when its
+            whole range (``torch.export`` bounds) lies below ``min_seq_len``, and converted
+            otherwise, so that at run time shorter inputs also take the delta op (which equals
+            dense attention whenever ``N <= window`` or ``N <= tail``).
+        dense_layers: layer indices whose attention stays dense. A site's layer index is the
+            first integer component of its module path (``model.layers.3.self_attn`` -> 3).
+        dense_modules: ``fnmatch`` globs over module paths whose attention stays dense, e.g.
+            ``"model.layers.0.*"`` or ``"*.cross_attn"``.
         impl: which eager implementation runs the op (:class:`Impl`; strings are accepted).
     """
 
@@ -80,6 +108,8 @@ class DeltaConfig:
     stride: int = 64
     tail: int | None = None
     min_seq_len: int = 0
+    dense_layers: tuple[int, ...] = ()
+    dense_modules: tuple[str, ...] = ()
     impl: Impl = Impl.AUTO
 
     def __post_init__(self) -> None:
@@ -89,6 +119,9 @@ class DeltaConfig:
         if self.tail is not None:
             _check_int("tail", self.tail, 0)
         _check_int("min_seq_len", self.min_seq_len, 0)
+        # Lists (from JSON/TOML) become tuples so that the config stays hashable and comparable.
+        object.__setattr__(self, "dense_layers", _int_tuple("dense_layers", self.dense_layers))
+        object.__setattr__(self, "dense_modules", _glob_tuple("dense_modules", self.dense_modules))
         # Frozen dataclass: coerce a string selector to the enum through object.__setattr__.
         object.__setattr__(self, "impl", Impl.parse(self.impl))
 
@@ -96,6 +129,15 @@ class DeltaConfig:
     def resolved_tail(self) -> int:
         """The dense tail length actually used: ``tail``, or ``max(128, stride)`` when unset."""
         return default_tail(self.stride) if self.tail is None else self.tail
+
+    def dense_reason(self, module: str, layer: int | None) -> str | None:
+        """Why the layer filter keeps the attention of ``module`` (layer index ``layer``) dense, or None."""
+        if layer is not None and layer in self.dense_layers:
+            return f"kept dense by config: dense_layers contains {layer}"
+        for pattern in self.dense_modules:
+            if fnmatch.fnmatchcase(module, pattern):
+                return f"kept dense by config: dense_modules pattern {pattern!r} matches {module!r}"
+        return None
 
     def op_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``delta_opt::delta_attention`` that this config determines."""
@@ -118,7 +160,11 @@ class DeltaConfig:
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            out[field.name] = value.value if isinstance(value, enum.Enum) else value
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[field.name] = value
         return out
 
     @classmethod

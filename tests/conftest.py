@@ -8,6 +8,12 @@ import pytest
 import torch
 from hypothesis import settings
 
+# No GPU in CI: run the Triton kernels in Triton's CPU interpreter. Triton reads this when the
+# kernels are decorated (first import of delta_opt.ops.triton.kernels), so it is set before any
+# test runs; a GPU machine keeps compiling them (unless the caller set it already).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # CI has 2 cores; more threads only add contention between pytest-xdist workers.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from delta_opt import DeltaConfig, Impl
@@ -26,6 +28,12 @@ def test_defaults_are_the_papers():
         ("tail", -5, "tail must be an integer >= 0; got -5"),
         ("min_seq_len", -1, "min_seq_len must be an integer >= 0"),
         ("impl", "cuda", "impl must be one of 'auto', 'reference', 'blocked', 'triton'; got 'cuda'"),
+        ("dense_layers", 3, r"dense_layers must be a list of layer indices \(integers >= 0\); got 3"),
+        ("dense_layers", [0, -1], r"dense_layers must be a list of layer indices \(integers >= 0\); got item -1"),
+        ("dense_layers", [True], "got item True"),
+        ("dense_modules", "model.layers.0.*", r"dense_modules must be a list of module-path globs \(non-empty strings\); got 'model"),
+        ("dense_modules", ["ok", " "], "got item ' '"),
+        ("dense_modules", [3], "got item 3"),
     ],
 )
 def test_bad_values_name_the_field_and_range(field, value, message):
@@ -44,12 +52,34 @@ def test_frozen():
 
 @pytest.mark.parametrize(
     "config",
-    [DeltaConfig(), DeltaConfig(window=128, sinks=32, stride=16, tail=0, min_seq_len=512, impl="reference")],
+    [
+        DeltaConfig(),
+        DeltaConfig(window=128, sinks=32, stride=16, tail=0, min_seq_len=512, impl="reference"),
+        DeltaConfig(dense_layers=[0, 29], dense_modules=["model.layers.1.*", "*.cross_attn"]),
+    ],
 )
 def test_dict_round_trip(config):
     data = config.to_dict()
     assert data["impl"] == config.impl.value  # plain values, ready for JSON/TOML
-    assert DeltaConfig.from_dict(data) == config
+    assert isinstance(data["dense_layers"], list) and isinstance(data["dense_modules"], list)
+    assert DeltaConfig.from_dict(json.loads(json.dumps(data))) == config
+    assert hash(DeltaConfig.from_dict(data)) == hash(config)
+
+
+def test_layer_filter_reasons():
+    config = DeltaConfig(dense_layers=(0, 29), dense_modules=("*.cross_attn",))
+    assert config.dense_layers == (0, 29)  # lists become tuples: the config stays hashable
+    assert config.dense_reason("model.layers.29.self_attn", 29) == "kept dense by config: dense_layers contains 29"
+    assert "dense_modules pattern '*.cross_attn'" in config.dense_reason("decoder.layers.3.cross_attn", 3)
+    assert config.dense_reason("model.layers.3.self_attn", 3) is None
+    assert config.dense_reason("head", None) is None
+
+
+def test_layer_filter_from_toml(tmp_path):
+    path = tmp_path / "delta-opt.toml"
+    path.write_text('[attention]\nwindow = 256\ndense_layers = [0, 1]\ndense_modules = ["model.layers.2.*"]\n')
+    config = DeltaConfig.from_toml(path, table="attention")
+    assert config == DeltaConfig(window=256, dense_layers=(0, 1), dense_modules=("model.layers.2.*",))
 
 
 def test_unknown_key_lists_the_valid_ones():

@@ -9,7 +9,11 @@ import torch
 
 import delta_opt
 
-IMPLS = ["reference", "blocked"]
+from delta_opt.ops.triton import triton_available
+
+# The tests run on CPU tensors: Triton joins where its interpreter is on (tests/conftest.py turns
+# it on when there is no GPU) and Triton is installed.
+IMPLS = ["reference", "blocked"] + (["triton"] if triton_available(torch.device("cpu")) else [])
 
 
 def impl_fn(impl: str) -> Callable[..., torch.Tensor]:

@@ -76,9 +76,13 @@ def test_no_future_leak_when_causal(impl, mask):
 
 
 @CAUSALITY
-@pytest.mark.parametrize("group", [1, 2, 4, 8])
-def test_grouped_query_equals_repeated_kv(impl, causal, group):
-    x = make_inputs(batch=2, q_heads=8, kv_heads=8 // group, n=77, head_dim=32, mask="bool")
+@pytest.mark.parametrize(
+    ("group", "mask"),
+    # bool: a full [B, 1, N, N] mask; key_padding: [B, 1, 1, N], the mask the Triton kernels take
+    [(1, "bool"), (2, "bool"), (4, "bool"), (8, "bool"), (2, "key_padding"), (8, "key_padding")],
+)
+def test_grouped_query_equals_repeated_kv(impl, causal, group, mask):
+    x = make_inputs(batch=2, q_heads=8, kv_heads=8 // group, n=77, head_dim=32, mask=mask)
     params = dict(causal=causal, window=9, sinks=4, stride=6, tail=11)
     gqa = impl_fn(impl)(x.q, x.k, x.v, x.attn_mask, **params)
     repeated = impl_fn(impl)(
