@@ -231,6 +231,7 @@ def test_mixed_dtypes_are_rejected(tmp_path) -> None:
         (dict(model="not a model"), "torch.nn.Module or torch.export.ExportedProgram"),
         (dict(example_inputs=[1, 2]), "tuple of positional inputs or a dict"),
         (dict(inline="yes"), "inline must be a bool"),
+        (dict(config={"window": 8}), "config must be a DeltaConfig"),
     ],
 )
 def test_bad_arguments_raise_before_any_work(tmp_path, kwargs: dict, message: str) -> None:
