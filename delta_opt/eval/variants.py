@@ -9,20 +9,20 @@ With ``O_d`` dense and ``O_s`` sliding-window + sinks attention (DESIGN §1) and
 - ``DELTA``:        the op, ``delta_opt::delta_attention`` (sparse + tail + the anchor correction).
 
 ``SPARSE`` vs ``SPARSE_TAIL`` isolates what the dense tail buys; only ``SPARSE_TAIL`` vs
-``DELTA`` is the correction's own effect. The first three are computed here with masked SDPA
-(O(N^2) work, fine for evaluation lengths); ``DELTA`` is the op the integration runs.
+``DELTA`` is the correction's own effect. ``DELTA`` is the op the integration runs; the other
+three are assembled from the op's own row kernels (``delta_opt.ops.blocked``: sliding-window +
+sink rows in query blocks, dense rows in chunks), so their cost is that of the rows they compute.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 
 import torch
-import torch.nn.functional as F
 
 from ..config import DeltaConfig
 from ..integrations.transformers import AttentionCore, delta_core, dense_attention
+from ..ops.blocked import _as_4d, _dense_rows, _sparse_rows, default_block_size
 from ..ops.checks import check_inputs, num_corrected_rows, resolve_scale
 
 __all__ = ["Variant", "variant_attention", "variant_core"]
@@ -47,42 +47,8 @@ class Variant(str, enum.Enum):
             raise ValueError(f"variant must be one of {valid}; got {value!r}") from None
 
 
-@functools.lru_cache(maxsize=8)
-def _structure(n: int, causal: bool, window: int, sinks: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dense, sparse) bool [N, N] "may attend" patterns; cached because every layer asks for the same."""
-    i = torch.arange(n, device=device).view(-1, 1)
-    j = torch.arange(n, device=device).view(1, -1)
-    dense = (j <= i) if causal else torch.ones(n, n, dtype=torch.bool, device=device)
-    sparse = dense & (((i - j).abs() < window) | (j < sinks))
-    return dense, sparse
-
-
-def _masked_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, user: torch.Tensor | None, scale: float
-) -> torch.Tensor:
-    """Attention of q [B, Hq, Nq, D] over the keys ``allowed`` [Nq, Nk] (and the user's mask).
-
-    A row with no allowed key gives zeros (SDPA does so for all -inf rows), as the spec asks.
-    """
-    dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
-    if user is not None:
-        if user.dtype == torch.bool:
-            bias = torch.where(user, bias, torch.tensor(float("-inf"), dtype=dtype, device=q.device))
-        else:
-            bias = bias + user.to(dtype)
-    out = F.scaled_dot_product_attention(
-        q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=bias, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
-    return out.to(q.dtype)
-
-
-def _rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    while mask.dim() < 4:
-        mask = mask.unsqueeze(0)
-    return mask if mask.shape[2] == 1 else mask[:, :, rows]
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def variant_attention(
@@ -112,22 +78,26 @@ def variant_attention(
         raise ValueError(f"variants are defined for prefill (q and k of one length); got Nq={shape.q_len}, Nk={shape.kv_len}")
     n = shape.q_len
     scale = resolve_scale(scale, shape.head_dim)
-    dense, sparse = _structure(n, causal, config.window, config.sinks, str(q.device))
-    if variant is Variant.DENSE:
-        if attn_mask is None:  # SDPA's own causal path skips the masked half of the work
-            return dense_attention(q, k, v, causal=causal, scale=scale)
-        return _masked_sdpa(q, k, v, dense, _rows(attn_mask, slice(None)), scale)
-    if variant is Variant.SPARSE:
-        return _masked_sdpa(q, k, v, sparse, _rows(attn_mask, slice(None)), scale)
-    # SPARSE_TAIL: sparse rows [0, Np), dense rows [Np, N).
-    n_sparse = num_corrected_rows(n, config.stride, config.resolved_tail)
-    head, tail = slice(0, n_sparse), slice(n_sparse, n)
-    out = q.new_empty(shape.batch, shape.q_heads, n, shape.value_dim)
-    if n_sparse:
-        out[:, :, head] = _masked_sdpa(q[:, :, head], k, v, sparse[head], _rows(attn_mask, head), scale)
+    if variant is Variant.DENSE and attn_mask is None:
+        return dense_attention(q, k, v, causal=causal, scale=scale)  # SDPA's causal path skips masked work
+    # The op's own building blocks (delta_opt.ops.blocked), so that the sparse rows here are
+    # bit-for-bit the sparse rows inside DELTA on the CPU (where it runs `blocked`): SPARSE_TAIL
+    # vs DELTA then differs by the anchor correction alone, rounding included.
+    dtype = _compute_dtype(q.dtype)
+    mask = None if attn_mask is None else _as_4d(attn_mask)
+    n_sparse = {
+        Variant.DENSE: 0,
+        Variant.SPARSE: n,
+        Variant.SPARSE_TAIL: num_corrected_rows(n, config.stride, config.resolved_tail),
+    }[variant]
+    out = q.new_empty(shape.batch, shape.q_heads, n, shape.value_dim, dtype=dtype)
     if n_sparse < n:
-        out[:, :, tail] = _masked_sdpa(q[:, :, tail], k, v, dense[tail], _rows(attn_mask, tail), scale)
-    return out
+        rows = torch.arange(n_sparse, n, device=q.device)
+        out[:, :, n_sparse:] = _dense_rows(q, k, v, mask, rows, causal=causal, offset=0, scale=scale, dtype=dtype)
+    if n_sparse:
+        _sparse_rows(q, k, v, mask, out, n_rows=n_sparse, causal=causal, window=config.window, sinks=config.sinks,
+                     scale=scale, block=default_block_size(config.window))  # fmt: skip
+    return out.to(q.dtype)
 
 
 def variant_core(variant: Variant | str, config: DeltaConfig) -> AttentionCore:
