@@ -112,9 +112,14 @@ def run(
     probes: tuple[str, ...] = PROBES,
     configs: dict[str, DeltaConfig] | None = None,
     seed: int = 0,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
-    """Run (or resume) the study on SmolLM2-135M-Instruct; returns the full result with its summary."""
+    """Run (or resume) the study on SmolLM2-135M-Instruct; returns the full result with its summary.
+
+    ``partial`` is the progress file (created, or resumed when it holds the same parameters);
+    ``model_and_tokenizer`` reuses an already loaded SmolLM2 (default: :func:`load_smollm2`).
+    """
     from ..models import load_smollm2
 
     configs = dict(DEFAULT_CONFIGS if configs is None else configs)
@@ -141,7 +146,7 @@ def run(
             raise ValueError(f"{partial} was made with other parameters; remove it or pass the same ones")
         log(f"resuming from {partial}: {len(state['units'])} units done")
 
-    model, tokenizer = load_smollm2()
+    model, tokenizer = load_smollm2() if model_and_tokenizer is None else model_and_tokenizer
     work: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     for name in texts:
         work.append((f"text/{name}", lambda name=name: _text_unit(name, model, tokenizer, configs, params)))

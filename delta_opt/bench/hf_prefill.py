@@ -7,13 +7,15 @@ picks the token from its last logits, so its wall time is the prefill's. The pro
 
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Any
 
 import torch
 
 from ..config import DeltaConfig
 from ..integrations.transformers import apply_to_hf
-from .measure import machine_info, time_call
+from .measure import machine_info
 
 __all__ = ["DEFAULT_CONFIGS", "run"]
 
@@ -34,6 +36,20 @@ def _prompt(tokenizer: Any, n: int) -> torch.Tensor:
     if len(ids) < n:
         raise ValueError(f"the standard-library texts hold {len(ids)} tokens, fewer than n={n}")
     return torch.tensor([ids[:n]])
+
+
+def _time(fn, *, warmup: int, repeat: int) -> dict[str, float]:
+    """Median wall and process-CPU seconds of ``fn``. On a shared machine the CPU time is the
+    steadier of the two: it does not count the time other processes held the cores."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return {"median_s": statistics.median(wall), "min_s": min(wall), "median_cpu_s": statistics.median(cpu), "repeat": repeat}
 
 
 def run(
@@ -58,11 +74,12 @@ def run(
                                      pad_token_id=model.config.eos_token_id)  # fmt: skip
             tokens[name] = int(out[0, -1])
 
-        row: dict[str, Any] = {"n": n, "dense": time_call(lambda: prefill("dense"), warmup=warmup, repeat=repeat)}
+        row: dict[str, Any] = {"n": n, "dense": _time(lambda: prefill("dense"), warmup=warmup, repeat=repeat)}
         for name, config in configs.items():
             with apply_to_hf(model, config):
-                row[name] = time_call(lambda: prefill(name), warmup=warmup, repeat=repeat)
+                row[name] = _time(lambda: prefill(name), warmup=warmup, repeat=repeat)
             row[name]["speedup_vs_dense"] = row["dense"]["median_s"] / row[name]["median_s"]
+            row[name]["cpu_speedup_vs_dense"] = row["dense"]["median_cpu_s"] / row[name]["median_cpu_s"]
             row[name]["same_next_token_as_dense"] = tokens[name] == tokens["dense"]
         results.append(row)
     return {

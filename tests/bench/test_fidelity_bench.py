@@ -1,0 +1,40 @@
+"""The fidelity benchmark end to end at a toy size: JSON shape, summary, and resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from delta_opt import DeltaConfig
+from delta_opt.bench.fidelity import markdown_table, run
+
+pytestmark = pytest.mark.real_model
+
+SMALL = dict(n_tokens=160, eval_tokens=32, trials=2, texts=("argparse",), probes=("retrieval", "copy"),
+             configs={"W16_S4_G8": DeltaConfig(window=16, sinks=4, stride=8, tail=16)})  # fmt: skip
+
+
+def test_runs_summarizes_and_resumes(smollm2, tmp_path):
+    partial = tmp_path / "progress.json"
+    lines: list[str] = []
+    result = run(partial=partial, model_and_tokenizer=smollm2, log=lines.append, **SMALL)
+    assert len(lines) == 5  # 1 text + 2 trials x 2 probes
+    summary = result["summary"]
+    assert set(summary) == {"dense", "W16_S4_G8/sparse", "W16_S4_G8/sparse_tail", "W16_S4_G8/delta"}
+    assert summary["dense"]["retrieval_trials"] == 2 and "copy_mean_nll" in summary["dense"]
+    assert len(result["units"]["text/argparse"]["configs"]["W16_S4_G8"]["variants"]["delta"]["layers"]["isolated"]["sqnr_db"]) == 30
+    assert "| W16_S4_G8/delta |" in markdown_table(summary)
+    json.dumps(result)  # serialisable
+
+    # Drop one unit: a rerun computes that one only and gives the same summary.
+    state = json.loads(partial.read_text())
+    del state["units"]["copy/001"]
+    partial.write_text(json.dumps(state))
+    lines.clear()
+    again = run(partial=partial, model_and_tokenizer=smollm2, log=lines.append, **SMALL)
+    assert [line for line in lines if "done in" in line] == [lines[-1]] and "copy/001" in lines[-1]
+    assert again["summary"]["dense"] == pytest.approx(summary["dense"])
+
+    with pytest.raises(ValueError, match="other parameters"):
+        run(partial=partial, model_and_tokenizer=smollm2, log=lines.append, **{**SMALL, "trials": 3})
