@@ -303,7 +303,10 @@ def register() -> None:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"the Hugging Face integration needs transformers >= 4.48 (pip install 'delta-opt[hf]'): {e}")
+        raise ImportError(
+            "the Hugging Face integration needs a transformers with AttentionInterface and AttentionMaskInterface "
+            f"(tested with 5.x; pip install 'delta-opt[hf]'): {e}"
+        ) from None
     AttentionInterface.register(ATTN_IMPLEMENTATION, delta_attention_forward)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 
@@ -349,7 +352,8 @@ def apply_to_hf(model: Any, config: DeltaConfig) -> HFConversion:
         raise ValueError(f"config must be a delta_opt.DeltaConfig; got {type(config).__name__}")
     if not (hasattr(model, "set_attn_implementation") and hasattr(model, "config")):
         raise ValueError(f"model must be a transformers PreTrainedModel; got {type(model).__name__}")
-    if not model._can_set_attn_implementation():
+    can_set = getattr(model, "_can_set_attn_implementation", None)  # absent from older transformers
+    if can_set is not None and not can_set():
         raise ValueError(
             f"{type(model).__name__} cannot switch its attention implementation (its attention does not go "
             "through transformers' AttentionInterface)"
