@@ -7,6 +7,7 @@ it stopped (a partial file made with other parameters is refused, never mixed in
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -149,10 +150,11 @@ def run(
     model, tokenizer = load_smollm2() if model_and_tokenizer is None else model_and_tokenizer
     work: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     for name in texts:
-        work.append((f"text/{name}", lambda name=name: _text_unit(name, model, tokenizer, configs, params)))
+        work.append((f"text/{name}", functools.partial(_text_unit, name, model, tokenizer, configs, params)))
     for trial in range(trials):
         for probe in probes:
-            work.append((f"{probe}/{trial:03d}", lambda p=probe, t=trial: _probe_unit(p, t, model, tokenizer, configs, params)))
+            unit = functools.partial(_probe_unit, probe, trial, model, tokenizer, configs, params)
+            work.append((f"{probe}/{trial:03d}", unit))
     for i, (unit, fn) in enumerate(work):
         if unit in state["units"]:
             continue

@@ -49,7 +49,12 @@ def _time(fn, *, warmup: int, repeat: int) -> dict[str, float]:
         fn()
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
-    return {"median_s": statistics.median(wall), "min_s": min(wall), "median_cpu_s": statistics.median(cpu), "repeat": repeat}
+    return {
+        "median_s": statistics.median(wall),
+        "min_s": min(wall),
+        "median_cpu_s": statistics.median(cpu),
+        "repeat": repeat,
+    }
 
 
 def run(

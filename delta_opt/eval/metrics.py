@@ -61,7 +61,9 @@ def next_token_agreement(reference_logits: torch.Tensor, approx_logits: torch.Te
 def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of each target under its logits: logits [..., V], targets [...] -> [...] (float64)."""
     if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"targets must have shape {tuple(logits.shape[:-1])} (logits without V); got {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must have shape {tuple(logits.shape[:-1])} (logits without V); got {tuple(targets.shape)}"
+        )
     rows = logits.reshape(-1, logits.shape[-1])
     flat = targets.reshape(-1, 1)
     out = torch.empty(rows.shape[0], dtype=torch.float64, device=logits.device)

@@ -47,6 +47,10 @@ QUESTION = "What is the pass key? The pass key is"
 Encode = Callable[[str], list[int]]
 
 
+def _needle(key: str) -> str:
+    return f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
+
+
 @dataclasses.dataclass(frozen=True)
 class ProbePrompt:
     """One probe instance.
@@ -108,7 +112,7 @@ def _split(count: int, *fractions: float) -> list[int]:
 def passkey_prompt(encode: Encode, n_tokens: int, depth: float, key: str) -> ProbePrompt:
     """The Landmark Attention pass-key prompt of about ``n_tokens`` tokens with the needle at ``depth``."""
     _check_fraction("depth", depth)
-    task, needle, question = encode(TASK + "\n"), encode(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n"), encode("\n" + QUESTION)
+    task, needle, question = encode(TASK + "\n"), encode(_needle(key)), encode("\n" + QUESTION)
     unit, count = _filler_units(encode, n_tokens, len(task) + len(needle) + len(question))
     before, after = _split(count, depth)
     b = _Builder()
@@ -125,7 +129,7 @@ def retrieval_prompt(encode: Encode, n_tokens: int, depth: float, gap: float, ke
     _check_fraction("depth", depth)
     _check_fraction("depth + gap", depth + gap)
     task = encode(TASK + "\n")
-    needle = encode(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n")
+    needle = encode(_needle(key))
     question, answer, close = encode("\n" + QUESTION + " "), encode(key), encode(".\n")
     fixed = len(task) + len(needle) + len(question) + len(answer) + len(close)
     unit, count = _filler_units(encode, n_tokens, fixed)

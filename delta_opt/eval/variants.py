@@ -75,7 +75,9 @@ def variant_attention(
     shape = check_inputs(q, k, v, attn_mask, causal=causal, window=config.window, sinks=config.sinks,
                          stride=config.stride, tail=config.tail, scale=scale)  # fmt: skip
     if shape.q_len != shape.kv_len:
-        raise ValueError(f"variants are defined for prefill (q and k of one length); got Nq={shape.q_len}, Nk={shape.kv_len}")
+        raise ValueError(
+            f"variants are defined for prefill (q and k of one length); got Nq={shape.q_len}, Nk={shape.kv_len}"
+        )
     n = shape.q_len
     scale = resolve_scale(scale, shape.head_dim)
     if variant is Variant.DENSE and attn_mask is None:

@@ -362,7 +362,9 @@ def apply_to_hf(model: Any, config: DeltaConfig) -> HFConversion:
         raise _unsupported("attention logit soft-capping", f"{type(model).__name__} sets attn_logit_softcapping")
     modules = _attention_modules(model)
     if not modules:
-        raise ValueError(f"found no attention module in {type(model).__name__} (looked for *Attention modules with a layer_idx)")
+        raise ValueError(
+            f"found no attention module in {type(model).__name__} (looked for *Attention modules with a layer_idx)"
+        )
     if any(hasattr(module, _STATE_ATTR) for _, module in modules):
         raise ValueError("the model is already converted to 'delta'; restore() the previous conversion first")
 

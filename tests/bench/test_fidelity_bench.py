@@ -23,7 +23,8 @@ def test_runs_summarizes_and_resumes(smollm2, tmp_path):
     summary = result["summary"]
     assert set(summary) == {"dense", "W16_S4_G8/sparse", "W16_S4_G8/sparse_tail", "W16_S4_G8/delta"}
     assert summary["dense"]["retrieval_trials"] == 2 and "copy_mean_nll" in summary["dense"]
-    assert len(result["units"]["text/argparse"]["configs"]["W16_S4_G8"]["variants"]["delta"]["layers"]["isolated"]["sqnr_db"]) == 30
+    delta = result["units"]["text/argparse"]["configs"]["W16_S4_G8"]["variants"]["delta"]
+    assert len(delta["layers"]["isolated"]["sqnr_db"]) == 30
     assert "| W16_S4_G8/delta |" in markdown_table(summary)
     json.dumps(result)  # serialisable
 

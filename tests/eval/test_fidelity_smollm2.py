@@ -62,7 +62,8 @@ def test_every_metric_is_reported(study):
         for kind in ("isolated", "propagated"):
             assert len(metrics["layers"][kind]["sqnr_db"]) == 30
         # Propagated error includes the layer's own: the first layer has nothing upstream.
-        assert metrics["layers"]["propagated"]["sqnr_db"][0] == pytest.approx(metrics["layers"]["isolated"]["sqnr_db"][0])
+        layers = metrics["layers"]
+        assert layers["propagated"]["sqnr_db"][0] == pytest.approx(layers["isolated"]["sqnr_db"][0])
 
 
 def test_use_variant_restores_the_model(smollm2):

@@ -37,7 +37,8 @@ def test_retrieval_prompt_scores_the_key_after_the_question(encode, decode):
     assert decode([p.ids[t] for t in p.targets]) == "58213"
     assert p.positions["needle"] < p.positions["question"] < p.targets[0]
     assert abs(p.positions["question"] / len(p.ids) - 0.5) < 0.05  # mid-prompt, far from the end
-    assert decode(p.ids[p.positions["question"] : p.targets[-1] + 1]).strip() == "What is the pass key? The pass key is 58213"
+    question = decode(p.ids[p.positions["question"] : p.targets[-1] + 1])
+    assert question.strip() == "What is the pass key? The pass key is 58213"
     assert len(p.ids) - p.targets[-1] > 800
 
 

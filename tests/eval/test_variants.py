@@ -55,7 +55,7 @@ def _oracle(variant: Variant, x, *, causal: bool, config: DeltaConfig) -> torch.
 
 # DELTA is the op itself (tested at length in tests/ops); here only that the variant is the op.
 @pytest.mark.parametrize("variant", [Variant.DENSE, Variant.SPARSE, Variant.SPARSE_TAIL])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"Hq{c[0]}_Hkv{c[1]}_N{c[2]}_D{c[3]}" if isinstance(c, tuple) else "")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"Hq{c[0]}_Hkv{c[1]}_N{c[2]}_D{c[3]}")
 @pytest.mark.parametrize("causal, mask", [(True, "none"), (True, "key_padding"), (False, "bool"), (True, "additive")])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_variant_matches_the_spec(variant, case, causal, mask, dtype):

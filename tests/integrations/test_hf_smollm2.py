@@ -15,7 +15,8 @@ CONFIG = DeltaConfig(window=32, sinks=8, stride=16, tail=32)
 def _text_ids(tokenizer, n: int, offset: int = 0) -> torch.Tensor:
     from delta_opt.eval.corpora import stdlib_text
 
-    return tokenizer(stdlib_text("argparse"), add_special_tokens=False, return_tensors="pt").input_ids[:, offset : offset + n]
+    ids = tokenizer(stdlib_text("argparse"), add_special_tokens=False, return_tensors="pt").input_ids
+    return ids[:, offset : offset + n]
 
 
 def test_generate_works_and_restores(smollm2):
