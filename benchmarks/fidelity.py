@@ -5,7 +5,8 @@
 
 Progress goes to a partial JSON (default: OUTPUT.partial.json, or fidelity.partial.json) after
 every unit; rerunning the same command resumes from it. The result (and a Markdown table on
-stderr) is printed when every unit is done.
+stderr) is printed when every unit is done; `--table PROGRESS` prints the table of a run so far.
+Probe trials run in an order that covers every depth early (0, 19, 9, 14, 4, ...).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 
 import torch
 
-from delta_opt.bench.fidelity import PROBES, markdown_table, run
+from delta_opt.bench.fidelity import PROBES, load_partial, markdown_table, run, summarize
 from delta_opt.bench.io import write_json
 from delta_opt.eval import STDLIB_TEXTS
 
@@ -32,7 +33,13 @@ def main() -> None:
     parser.add_argument("-o", "--output", help="write the JSON here (refuses to overwrite without --force)")
     parser.add_argument("--partial", help="resumable progress file (default: OUTPUT.partial.json)")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--table", metavar="PROGRESS", help="print the summary of a progress file (partial or not) and exit")
     args = parser.parse_args()
+    if args.table:
+        state = load_partial(args.table)
+        print(f"{len(state['units'])} units done", file=sys.stderr)
+        print(markdown_table(summarize(state["units"], state["params"])))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     partial = args.partial or (f"{args.output}.partial.json" if args.output else "fidelity.partial.json")

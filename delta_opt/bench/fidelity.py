@@ -35,7 +35,7 @@ from ..eval import (
 from .io import write_json
 from .measure import machine_info
 
-__all__ = ["DEFAULT_CONFIGS", "run", "summarize"]
+__all__ = ["DEFAULT_CONFIGS", "load_partial", "markdown_table", "run", "spread_order", "summarize"]
 
 DEFAULT_CONFIGS = {
     "W128_S32_G16": DeltaConfig(window=128, sinks=32, stride=16),
@@ -49,6 +49,16 @@ PASSKEY_NEW_TOKENS = 8
 
 def _depths(trials: int, lo: float, hi: float) -> list[float]:
     return [lo + (hi - lo) * i / max(1, trials - 1) for i in range(trials)]
+
+
+def spread_order(n: int) -> list[int]:
+    """0..n-1 ordered so that every prefix covers the range evenly (farthest point first): a run
+    stopped early still has trials at every depth."""
+    order = [0] if n else []
+    while len(order) < n:
+        chosen = set(order)
+        order.append(max((i for i in range(n) if i not in chosen), key=lambda i: (min(abs(i - j) for j in order), -i)))
+    return order
 
 
 def _trial_prompt(probe: str, trial: int, params: dict[str, Any], encode: Callable[[str], list[int]], vocab: int):
@@ -142,8 +152,8 @@ def run(
     partial = Path(partial)
     state: dict[str, Any] = {"params": params, "units": {}}
     if partial.exists():
-        state = json.loads(partial.read_text())
-        if state.get("params") != params:
+        state = load_partial(partial)
+        if state["params"] != params:
             raise ValueError(f"{partial} was made with other parameters; remove it or pass the same ones")
         log(f"resuming from {partial}: {len(state['units'])} units done")
 
@@ -151,7 +161,7 @@ def run(
     work: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     for name in texts:
         work.append((f"text/{name}", functools.partial(_text_unit, name, model, tokenizer, configs, params)))
-    for trial in range(trials):
+    for trial in spread_order(trials):
         for probe in probes:
             unit = functools.partial(_probe_unit, probe, trial, model, tokenizer, configs, params)
             work.append((f"{probe}/{trial:03d}", unit))
@@ -171,6 +181,17 @@ def run(
         "summary": summarize(state["units"], params),
         "units": state["units"],
     }
+
+
+def load_partial(path: str | Path) -> dict[str, Any]:
+    """The progress file of a run: ``{"params": ..., "units": {unit: result}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"progress file {str(path)!r} does not exist")
+    state = json.loads(path.read_text())
+    if not isinstance(state, dict) or "params" not in state or "units" not in state:
+        raise ValueError(f"{str(path)!r} is not a fidelity progress file (no params/units)")
+    return state
 
 
 def _mean(values: list[float]) -> float | None:

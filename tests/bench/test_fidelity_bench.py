@@ -9,12 +9,12 @@ import pytest
 from delta_opt import DeltaConfig
 from delta_opt.bench.fidelity import markdown_table, run
 
-pytestmark = pytest.mark.real_model
 
 SMALL = dict(n_tokens=160, eval_tokens=32, trials=2, texts=("argparse",), probes=("retrieval", "copy"),
              configs={"W16_S4_G8": DeltaConfig(window=16, sinks=4, stride=8, tail=16)})  # fmt: skip
 
 
+@pytest.mark.real_model
 def test_runs_summarizes_and_resumes(smollm2, tmp_path):
     partial = tmp_path / "progress.json"
     lines: list[str] = []
@@ -39,3 +39,13 @@ def test_runs_summarizes_and_resumes(smollm2, tmp_path):
 
     with pytest.raises(ValueError, match="other parameters"):
         run(partial=partial, model_and_tokenizer=smollm2, log=lines.append, **{**SMALL, "trials": 3})
+
+
+def test_spread_order_covers_depths_early():
+    from delta_opt.bench.fidelity import spread_order
+
+    order = spread_order(20)
+    assert sorted(order) == list(range(20))
+    assert order[:3] == [0, 19, 9]
+    assert max(order[:5]) - min(order[:5]) == 19
+    assert spread_order(0) == [] and spread_order(1) == [0]
