@@ -12,7 +12,7 @@ from delta_opt.eval import perplexity, stdlib_text, text_fidelity, use_variant
 
 pytestmark = pytest.mark.real_model
 
-N = 256
+N = 192
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def study(smollm2):
         "covering": DeltaConfig(window=N, sinks=0, stride=8, tail=32),  # W >= N: every variant is dense
     }
     with torch.no_grad():
-        plain = model(ids, logits_to_keep=65, use_cache=False).logits[0, :-1]
-    return text_fidelity(model, ids, configs, eval_tokens=64), perplexity(plain, ids[0, -64:])
+        plain = model(ids, logits_to_keep=49, use_cache=False).logits[0, :-1]
+    return text_fidelity(model, ids, configs, eval_tokens=48), perplexity(plain, ids[0, -48:])
 
 
 def test_dense_through_the_integration_is_the_sdpa_model(study):
@@ -55,7 +55,7 @@ def test_the_dense_tail_never_adds_error(study):
 
 def test_every_metric_is_reported(study):
     result, _ = study
-    assert result["n_tokens"] == N and result["eval_tokens"] == 64
+    assert result["n_tokens"] == N and result["eval_tokens"] == 48
     for metrics in result["configs"]["narrow"]["variants"].values():
         assert math.isfinite(metrics["perplexity"]) and metrics["kl"] > 0
         assert 0.0 <= metrics["next_token_agreement"] <= 1.0
