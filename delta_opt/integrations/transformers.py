@@ -1,6 +1,6 @@
 """Delta Attention inside Hugging Face ``transformers`` models: the ``"delta"`` attention implementation.
 
-``transformers`` (>= 4.48) looks attention functions up by name in ``AttentionInterface``; this
+``transformers`` (tested with 5.24) looks attention functions up by name in ``AttentionInterface``; this
 module registers one named ``"delta"`` and :func:`apply_to_hf` switches a loaded model to it::
 
     conversion = delta_opt.apply_to_hf(model, DeltaConfig(window=256, sinks=64, stride=32))
