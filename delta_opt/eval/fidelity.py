@@ -62,6 +62,7 @@ def text_fidelity(
     variants: Sequence[Variant | str] = (Variant.SPARSE, Variant.SPARSE_TAIL, Variant.DELTA),
     *,
     eval_tokens: int = 1024,
+    variants_for: Mapping[str, Sequence[Variant | str]] | None = None,
 ) -> dict[str, Any]:
     """Compare each (config, variant) with the dense model on one long text.
 
@@ -72,6 +73,8 @@ def text_fidelity(
         variants: the non-dense variants to compare (dense is always the reference).
         eval_tokens: perplexity, KL and next-token agreement are measured on the last
             ``eval_tokens`` tokens (each predicted from everything before it).
+        variants_for: per config name, the variants to compare instead of ``variants`` (e.g. only
+            ``DELTA`` for a config that differs from another by its correction alone).
 
     Returns:
         ``{"n_tokens", "eval_tokens", "dense": {"perplexity"}, "configs": {name: {variant: metrics}}}``
@@ -82,18 +85,25 @@ def text_fidelity(
     n = ids.shape[1]
     if not 1 <= eval_tokens < n:
         raise ValueError(f"eval_tokens must be in [1, {n}) for a text of {n} tokens; got {eval_tokens}")
-    variants = [Variant.parse(v) for v in variants if Variant.parse(v) is not Variant.DENSE]
+    chosen = {
+        name: [Variant.parse(v) for v in (variants_for or {}).get(name, variants) if Variant.parse(v) is not Variant.DENSE]
+        for name in configs
+    }
     targets = ids[0, n - eval_tokens :]
     keep = eval_tokens + 1  # logits at N - eval_tokens - 1 .. N - 2 predict the last eval_tokens
 
     # Dense run: capture each layer's output and measure each variant on the same q, k, v.
     dense_out: dict[int, torch.Tensor] = {}
-    isolated: dict[tuple[str, Variant], dict[int, dict[str, float]]] = {(c, v): {} for c in configs for v in variants}
+    isolated: dict[tuple[str, Variant], dict[int, dict[str, float]]] = {
+        (c, v): {} for c in configs for v in chosen[c]
+    }
 
     def capture_dense(module, q, k, v, out, *, causal, scale):
         dense_out[module.layer_idx] = out.detach().clone()
         for (name, variant), per_layer in isolated.items():
-            approx = variant_attention(variant, q, k, v, causal=causal, config=configs[name], scale=scale)
+            approx = variant_attention(
+                variant, q, k, v, causal=causal, config=configs[name], scale=scale, layer=module.layer_idx
+            )
             per_layer[module.layer_idx] = _error(out, approx)
 
     any_config = next(iter(configs.values()))
@@ -109,7 +119,7 @@ def text_fidelity(
     }
     for name, config in configs.items():
         per_variant: dict[str, Any] = {}
-        for variant in variants:
+        for variant in chosen[name]:
             propagated: dict[int, dict[str, float]] = {}
 
             def compare(module, q, k, v, out, *, causal, scale, propagated=propagated):

@@ -6,12 +6,14 @@ With ``O_d`` dense and ``O_s`` sliding-window + sinks attention (DESIGN §1) and
 - ``DENSE``:        O(i) = O_d(i) for every row;
 - ``SPARSE``:       O(i) = O_s(i) for every row (no tail, no correction);
 - ``SPARSE_TAIL``:  O(i) = O_s(i) for i < Np, O_d(i) for i >= Np (the dense tail, no correction);
-- ``DELTA``:        the op, ``delta_opt::delta_attention`` (sparse + tail + the anchor correction).
+- ``DELTA``:        the op as ``config`` asks (the paper's correction unless it names another).
 
 ``SPARSE`` vs ``SPARSE_TAIL`` isolates what the dense tail buys; only ``SPARSE_TAIL`` vs
-``DELTA`` is the correction's own effect. ``DELTA`` is the op the integration runs; the other
-three are assembled from the op's own row kernels (``delta_opt.ops.blocked``: sliding-window +
-sink rows in query blocks, dense rows in chunks), so their cost is that of the rows they compute.
+``DELTA`` is the correction's own effect. Every variant but ``DENSE`` is the op itself with a
+config derived from the given one (:func:`variant_config`): ``SPARSE_TAIL`` is the rule
+``none``, and ``SPARSE`` the rule ``none`` with stride 1 and no tail, so that every row is a
+sparse row. On the CPU they all run ``blocked``, so SPARSE_TAIL and DELTA share their sparse
+rows bit for bit and differ by the correction alone.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import torch
 
 from ..config import DeltaConfig
 from ..integrations.transformers import AttentionCore, delta_core, dense_attention
-from ..ops.blocked import _as_4d, _dense_rows, _sparse_rows, default_block_size
-from ..ops.checks import check_inputs, num_corrected_rows, resolve_scale
+from ..plan import Correction
 
-__all__ = ["Variant", "variant_attention", "variant_core"]
+__all__ = ["Variant", "variant_attention", "variant_config", "variant_core"]
 
 
 class Variant(str, enum.Enum):
@@ -47,8 +48,19 @@ class Variant(str, enum.Enum):
             raise ValueError(f"variant must be one of {valid}; got {value!r}") from None
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+def variant_config(variant: Variant | str, config: DeltaConfig) -> DeltaConfig | None:
+    """The op config that computes ``variant`` from ``config`` (None for ``DENSE``)."""
+    variant = Variant.parse(variant)
+    if not isinstance(config, DeltaConfig):
+        raise ValueError(f"config must be a delta_opt.DeltaConfig; got {type(config).__name__}")
+    if variant is Variant.DENSE:
+        return None
+    if variant is Variant.DELTA:
+        return config
+    uncorrected = config.replace(correction=Correction.NONE, retrieve=0, layer_plans=())
+    if variant is Variant.SPARSE_TAIL:
+        return uncorrected
+    return uncorrected.replace(stride=1, tail=0)  # SPARSE: Np = N, every row sparse
 
 
 def variant_attention(
@@ -61,54 +73,34 @@ def variant_attention(
     causal: bool,
     config: DeltaConfig,
     scale: float | None = None,
+    layer: int | None = None,
 ) -> torch.Tensor:
     """One variant's attention output: q [B, Hq, N, D], k [B, Hkv, N, D], v [B, Hkv, N, Dv] -> [B, Hq, N, Dv].
 
     ``attn_mask`` is in the op's form (bool True = may attend, or additive, broadcastable to
-    [B, Hq, N, N]); ``config`` supplies W, S, G, T (and ``impl`` for ``DELTA``).
+    [B, Hq, N, N]); ``config`` supplies W, S, G, T, the rule (and ``impl``); ``layer`` selects a
+    calibrated config's plan.
     """
-    variant = Variant.parse(variant)
-    if not isinstance(config, DeltaConfig):
-        raise ValueError(f"config must be a delta_opt.DeltaConfig; got {type(config).__name__}")
-    if variant is Variant.DELTA:
-        return delta_core(config)(q, k, v, attn_mask, causal=causal, scale=scale)
-    shape = check_inputs(q, k, v, attn_mask, causal=causal, window=config.window, sinks=config.sinks,
-                         stride=config.stride, tail=config.tail, scale=scale)  # fmt: skip
-    if shape.q_len != shape.kv_len:
+    core = variant_core(variant, config)
+    if q.shape[2] != k.shape[2]:
         raise ValueError(
-            f"variants are defined for prefill (q and k of one length); got Nq={shape.q_len}, Nk={shape.kv_len}"
+            f"variants are defined for prefill (q and k of one length); got Nq={q.shape[2]}, Nk={k.shape[2]}"
         )
-    n = shape.q_len
-    scale = resolve_scale(scale, shape.head_dim)
-    if variant is Variant.DENSE and attn_mask is None:
-        return dense_attention(q, k, v, causal=causal, scale=scale)  # SDPA's causal path skips masked work
-    # The op's own building blocks (delta_opt.ops.blocked), so that the sparse rows here are
-    # bit-for-bit the sparse rows inside DELTA on the CPU (where it runs `blocked`): SPARSE_TAIL
-    # vs DELTA then differs by the anchor correction alone, rounding included.
-    dtype = _compute_dtype(q.dtype)
-    mask = None if attn_mask is None else _as_4d(attn_mask)
-    n_sparse = {
-        Variant.DENSE: 0,
-        Variant.SPARSE: n,
-        Variant.SPARSE_TAIL: num_corrected_rows(n, config.stride, config.resolved_tail),
-    }[variant]
-    out = q.new_empty(shape.batch, shape.q_heads, n, shape.value_dim, dtype=dtype)
-    if n_sparse < n:
-        rows = torch.arange(n_sparse, n, device=q.device)
-        out[:, :, n_sparse:] = _dense_rows(q, k, v, mask, rows, causal=causal, offset=0, scale=scale, dtype=dtype)
-    if n_sparse:
-        _sparse_rows(q, k, v, mask, out, n_rows=n_sparse, causal=causal, window=config.window, sinks=config.sinks,
-                     scale=scale, block=default_block_size(config.window))  # fmt: skip
-    return out.to(q.dtype)
+    return core(q, k, v, attn_mask, causal=causal, scale=scale, layer=layer)
 
 
 def variant_core(variant: Variant | str, config: DeltaConfig) -> AttentionCore:
     """The variant as the core of the ``"delta"`` HF attention (see ``HFConversion.set_core``)."""
-    variant = Variant.parse(variant)
-    if variant is Variant.DELTA:
-        return delta_core(config)
+    derived = variant_config(variant, config)
+    if derived is not None:
+        return delta_core(derived)
 
-    def core(q, k, v, attn_mask, *, causal, scale):
-        return variant_attention(variant, q, k, v, attn_mask, causal=causal, config=config, scale=scale)
+    def dense(q, k, v, attn_mask, *, causal, scale, layer):
+        if attn_mask is None:
+            return dense_attention(q, k, v, causal=causal, scale=scale)  # SDPA's causal path skips masked work
+        # A mask: the op with a window over everything is dense attention with it.
+        return delta_core(config.replace(window=q.shape[2] + 1, layer_plans=()))(
+            q, k, v, attn_mask, causal=causal, scale=scale, layer=layer
+        )
 
-    return core
+    return dense

@@ -63,7 +63,8 @@ class AttentionCore(Protocol):
     """The attention computed on one prefill: q [B, Hq, N, D], k/v [B, Hkv, N, D/Dv] -> [B, Hq, N, Dv].
 
     ``attn_mask`` is None or a mask in the op's form (bool True = may attend, or additive),
-    broadcastable to [B, Hq, N, N].
+    broadcastable to [B, Hq, N, N]; ``layer`` is the attention module's ``layer_idx`` (a
+    calibrated config's per-layer plan applies by it).
     """
 
     def __call__(
@@ -75,6 +76,7 @@ class AttentionCore(Protocol):
         *,
         causal: bool,
         scale: float | None,
+        layer: int | None,
     ) -> torch.Tensor: ...
 
 
@@ -99,11 +101,11 @@ class Observer(Protocol):
 
 
 def delta_core(config: DeltaConfig) -> AttentionCore:
-    """The core that ``"delta"`` runs by default: ``delta_opt::delta_attention`` with ``config``."""
-    op_kwargs = config.op_kwargs()
+    """The core that ``"delta"`` runs by default: ``delta_opt::delta_attention`` with ``config``
+    (and the layer's plan, when ``config`` has one)."""
 
-    def core(q, k, v, attn_mask, *, causal, scale):
-        return delta_attention(q, k, v, attn_mask, causal=causal, scale=scale, **op_kwargs)
+    def core(q, k, v, attn_mask, *, causal, scale, layer):
+        return delta_attention(q, k, v, attn_mask, causal=causal, scale=scale, **config.op_kwargs(layer, q.shape[1]))
 
     return core
 
@@ -250,7 +252,8 @@ def delta_attention_forward(
     if dropout > 0.0 and module.training:
         raise _unsupported("attention dropout", "call model.eval() (delta attention is for inference)")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
-    out = _prefill(state, query, key, value, attention_mask, causal=causal, scale=scaling)
+    layer = getattr(module, "layer_idx", None)
+    out = _prefill(state, query, key, value, attention_mask, causal=causal, scale=scaling, layer=layer)
     for observer in state.observers:
         observer(module, query, key, value, out, causal=causal, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
@@ -265,14 +268,15 @@ def _prefill(
     *,
     causal: bool,
     scale: float | None,
+    layer: int | None,
 ) -> torch.Tensor:
     """[B, Hq, N, Dv]: each sequence on its own token span; a mask that is not padding goes to the core."""
     n = q.shape[2]
     spans = [(0, n)] * q.shape[0] if mask is None else state.spans(mask, causal)
     if spans is None:
-        return state.core(q, k, v, mask, causal=causal, scale=scale)
+        return state.core(q, k, v, mask, causal=causal, scale=scale, layer=layer)
     if all(span == (0, n) for span in spans):
-        return _segment(state, q, k, v, causal=causal, scale=scale)
+        return _segment(state, q, k, v, causal=causal, scale=scale, layer=layer)
     out = q.new_zeros(q.shape[0], q.shape[1], n, v.shape[3])  # padding rows: zeros
     for span in sorted(set(spans)):
         rows = [b for b, s in enumerate(spans) if s == span]
@@ -281,16 +285,23 @@ def _prefill(
             continue
         idx = torch.tensor(rows, device=q.device)
         seg = (t.index_select(0, idx)[:, :, start:end] for t in (q, k, v))
-        out[idx, :, start:end] = _segment(state, *seg, causal=causal, scale=scale)
+        out[idx, :, start:end] = _segment(state, *seg, causal=causal, scale=scale, layer=layer)
     return out
 
 
 def _segment(
-    state: _ModelState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float | None
+    state: _ModelState,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    scale: float | None,
+    layer: int | None,
 ) -> torch.Tensor:
     if q.shape[2] < state.config.min_seq_len:
         return dense_attention(q, k, v, causal=causal, scale=scale)  # nothing to save on short prompts
-    return state.core(q, k, v, None, causal=causal, scale=scale)
+    return state.core(q, k, v, None, causal=causal, scale=scale, layer=layer)
 
 
 def register() -> None:

@@ -64,8 +64,14 @@ class Translation:
             tail: int | None = None,
             scale: float | None = None,
             correction: str = "paper",
+            retrieve: int = 0,
             impl: str = "auto",
         ) -> Any:
+            if retrieve:
+                raise ExportError(
+                    f"retrieve={retrieve}: the DeltaAttention function body does not pick long-range keys; "
+                    "export this model with retrieve=0 or keep it in PyTorch"
+                )
             if correction != "paper":
                 raise ExportError(
                     f"correction={correction!r}: the DeltaAttention function body implements the paper's rule only; "
