@@ -58,7 +58,7 @@ class Context:
         """MODEL (the positional argument) with its example inputs, as the flags and config say."""
         args = self.args
         with self.console.step(f"loading {args.model or 'the embedded default model'}"):
-            return load_model(
+            loaded = load_model(
                 args.model,
                 self.settings("inputs"),
                 inputs_file=getattr(args, "inputs_file", None),
@@ -67,7 +67,11 @@ class Context:
                 allow_onnx=allow_onnx,
                 command=f"delta-opt {self.command}",
                 verbose=self.console.verbose,
+                explicit=overrides(args, "inputs").keys(),
             )
+        for note in loaded.notes:
+            self.console.note(note)
+        return loaded
 
     def output_path(self) -> Path | None:
         out = getattr(self.args, "output", None)

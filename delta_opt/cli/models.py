@@ -27,7 +27,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from .errors import CliError, MissingDependency, require
 from .settings import InputSettings
@@ -52,6 +52,7 @@ class LoadedModel:
         args / kwargs: example inputs, positional and keyword.
         dynamic_shapes: from the factory, when it returned them.
         path: the file or folder read, when there is one.
+        notes: config-file values that did not apply to this model (and were ignored).
     """
 
     spec: str | None
@@ -62,6 +63,7 @@ class LoadedModel:
     kwargs: dict[str, Any] = field(default_factory=dict)
     dynamic_shapes: Any = None
     path: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def example_inputs(self) -> tuple[Any, ...] | dict[str, Any]:
@@ -125,14 +127,20 @@ def load_model(
     allow_onnx: bool = False,
     command: str = "this command",
     verbose: bool = False,
+    explicit: Collection[str] = ("seq_len", "batch"),
 ) -> LoadedModel:
-    """Load MODEL ``spec`` with its example inputs (see the module docstring for the forms)."""
+    """Load MODEL ``spec`` with its example inputs (see the module docstring for the forms).
+
+    ``explicit`` names the input settings the user gave as flags: one that cannot apply to the
+    model is an error; one that came from the config file is ignored, with a note.
+    """
+    skip = _Inapplicable(explicit)
     if spec is not None and not spec.strip():
         raise CliError(f"MODEL is empty; expected one of {FORMS}")
     if text_file is not None and not (spec or "").startswith("hf:"):
         raise CliError("--text applies to hf: models (their tokenizer reads it)")
     if spec is None:
-        loaded = _from_factory(DEFAULT_FACTORY, settings, kind="default")
+        loaded = _from_factory(DEFAULT_FACTORY, settings, skip, kind="default")
     elif spec.startswith("hf:"):
         loaded = _from_hf(spec, settings, text_file, verbose=verbose)
     elif spec.endswith(".onnx"):
@@ -141,9 +149,9 @@ def load_model(
             raise CliError(f"MODEL {spec!r} is an ONNX file; {command} needs a PyTorch model ({FORMS})")
         return LoadedModel(spec, "onnx", f"ONNX file {spec}", path=path)
     elif spec.endswith(".pt2"):
-        loaded = _from_pt2(spec, settings)
+        loaded = _from_pt2(spec, settings, skip)
     elif ":" in spec and not Path(spec).exists():
-        loaded = _from_factory(spec, settings, kind="factory")
+        loaded = _from_factory(spec, settings, skip, kind="factory")
     else:
         hint = ""
         if Path(spec).is_dir() and (Path(spec) / "config.json").is_file():
@@ -151,6 +159,7 @@ def load_model(
         elif spec.endswith(".gguf"):
             hint = f" (write hf:{spec})"
         raise CliError(f"MODEL {spec!r} is not a recognised form{hint}; expected one of {FORMS}, or FILE.onnx for inspect")
+    loaded.notes.extend(skip.notes)
     if inputs_file is not None:
         _use_inputs_file(loaded, inputs_file)
     _to_device(loaded, device)
@@ -211,7 +220,20 @@ def _import_file(spec: str, path: Path) -> Any:
     return module
 
 
-def _factory_kwargs(factory: Callable[..., Any], spec: str, settings: InputSettings) -> dict[str, Any]:
+class _Inapplicable:
+    """Input settings that cannot apply to a model: an error for flags, a note for config values."""
+
+    def __init__(self, explicit: Collection[str]) -> None:
+        self.explicit = set(explicit)
+        self.notes: list[str] = []
+
+    def __call__(self, name: str, reason: str) -> None:
+        if name in self.explicit:
+            raise CliError(f"--{name.replace('_', '-')} cannot apply: {reason}")
+        self.notes.append(f"[inputs] {name} from the config file does not apply ({reason}); ignored")
+
+
+def _factory_kwargs(factory: Callable[..., Any], spec: str, settings: InputSettings, skip: _Inapplicable) -> dict[str, Any]:
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -220,19 +242,20 @@ def _factory_kwargs(factory: Callable[..., Any], spec: str, settings: InputSetti
     kwargs: dict[str, Any] = {}
     for name in ("seq_len", "batch", "seed"):
         value = getattr(settings, name)
+        if value is None:
+            continue
         if name in params or takes_any:
-            if value is not None:
-                kwargs[name] = value
-        elif value is not None and name != "seed":
-            raise CliError(f"MODEL {spec!r}: the factory takes no {name!r} argument, so --{name.replace('_', '-')} cannot apply")
+            kwargs[name] = value
+        elif name != "seed":  # the seed also seeds torch before the call; taking it is optional
+            skip(name, f"the factory {spec} takes no {name!r} argument")
     return kwargs
 
 
-def _from_factory(spec: str, settings: InputSettings, *, kind: str) -> LoadedModel:
+def _from_factory(spec: str, settings: InputSettings, skip: _Inapplicable, *, kind: str) -> LoadedModel:
     import torch
 
     factory = _import_factory(spec)
-    kwargs = _factory_kwargs(factory, spec, settings)
+    kwargs = _factory_kwargs(factory, spec, settings, skip)
     torch.manual_seed(settings.seed)
     try:
         result = factory(**kwargs)
@@ -276,16 +299,11 @@ def _split_inputs(inputs: Any, what: str) -> tuple[tuple[Any, ...], dict[str, An
 # ---- saved programs ------------------------------------------------------------------------
 
 
-def _from_pt2(spec: str, settings: InputSettings) -> LoadedModel:
-    import torch
-
+def _from_pt2(spec: str, settings: InputSettings, skip: _Inapplicable) -> LoadedModel:
     path = _existing_file(spec)
     for name in ("seq_len", "batch"):
         if getattr(settings, name) is not None:
-            raise CliError(
-                f"--{name.replace('_', '-')} does not apply to a saved program (its shapes are fixed when it "
-                "was exported); pass --inputs FILE for other inputs"
-            )
+            skip(name, f"{spec} is a saved program with the example inputs it was exported with; pass --inputs FILE for others")
     program = _load_program(spec, path)
     args, kwargs = (), {}
     if program.example_inputs is not None:

@@ -197,7 +197,7 @@ def read_config(path: str | Path | None, *, cwd: Path | None = None) -> ConfigFi
         candidate = (cwd or Path.cwd()) / CONFIG_FILE
         if not candidate.is_file():
             return ConfigFile(None)
-        path = candidate
+        path = candidate if cwd is not None else Path(CONFIG_FILE)
     path = Path(path)
     if not path.is_file():
         raise CliError(f"config file {str(path)!r} does not exist")

@@ -1,0 +1,30 @@
+"""Commands run in this process through ``main()`` (no interpreter start-up): output details."""
+
+from __future__ import annotations
+
+import json
+
+from delta_opt.cli.main import main
+
+from .helpers import TEST_CONFIG
+
+
+def test_check_says_when_nothing_sparse_is_measured(tmp_path, capsys, monkeypatch):
+    # Default parameters (window 2048) at 64 tokens: the op is exactly dense. The check passes,
+    # and says that it measured nothing of the sparse approximation.
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--seq-len", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outputs"][0]["metrics"]["sqnr_db"] == "inf" or report["outputs"][0]["metrics"]["sqnr_db"] > 100
+    assert any("compute exactly dense attention" in n for n in report["notes"])
+    assert any("random-init" in n for n in report["notes"])
+
+
+def test_inspect_table_shows_kept_layers(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "delta-opt.toml").write_text(TEST_CONFIG)
+    assert main(["inspect", "--dense-layers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.0.self_attn" in out and "converted" in out
+    assert "dense_layers contains 1" in out
+    assert "1 converted, 1 kept dense" in out
