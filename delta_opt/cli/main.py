@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -54,8 +55,11 @@ def _quiet_libraries(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(level=level, format="delta-opt: %(levelname)s %(name)s: %(message)s")
     if not verbose:
         # Deprecation and tracing notices from torch/transformers are not about the user's model;
-        # what delta_opt itself has to say goes through its reports and loggers.
+        # what delta_opt itself has to say goes through its reports and loggers. Weight-loading
+        # progress bars and advice from transformers likewise (read when it is first imported).
         warnings.simplefilter("ignore")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _first_line(error: BaseException) -> str:

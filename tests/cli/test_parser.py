@@ -70,3 +70,17 @@ def test_every_config_key_has_a_flag():
     for key in _keys("bench"):
         assert f"bench.{key}" in dests, key
     assert set(TABLES) == {"attention", "inputs", "check", "bench"}
+
+
+def test_console_script_points_at_main():
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    import importlib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts["delta-opt"].partition(":")
+    assert getattr(importlib.import_module(module), attr) is main
