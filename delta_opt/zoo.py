@@ -38,7 +38,9 @@ def tiny_llama_config(**overrides: Any) -> Any:
     return LlamaConfig(**{**TINY_LLAMA, **overrides})
 
 
-def tiny_llama(*, seq_len: int = DEFAULT_SEQ_LEN, batch: int = 1, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+def tiny_llama(
+    *, seq_len: int = DEFAULT_SEQ_LEN, batch: int = 1, seed: int = 0
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A random-init two-layer Llama-GQA causal LM (eval mode, float32) and token inputs.
 
     Args:

@@ -36,7 +36,10 @@ def build(*, seq_len: int = 1024, seed: int = 0) -> tuple[torch.nn.Module, dict[
     except ModelUnavailable as e:
         from delta_opt.zoo import tiny_llama
 
-        print(f"smollm2_factory: SmolLM2-135M unavailable ({e}); using the random-init delta_opt.zoo.tiny_llama", file=sys.stderr)
+        print(
+            f"smollm2_factory: SmolLM2-135M unavailable ({e}); using the random-init delta_opt.zoo.tiny_llama",
+            file=sys.stderr,
+        )
         return tiny_llama(seq_len=seq_len, seed=seed)
     ids = tokenizer(real_text(), return_tensors="pt").input_ids[:, :seq_len]
     if ids.shape[1] < seq_len:

@@ -96,36 +96,104 @@ def add_model(parser: argparse.ArgumentParser, *, inputs: bool = True) -> None:
     if not inputs:
         return
     group = parser.add_argument_group("inputs")
-    group.add_argument("--seq-len", dest="inputs.seq_len", type=positive_int, default=argparse.SUPPRESS, metavar="N",
-                       help="tokens per sequence of generated inputs (and factories that take seq_len)")
-    group.add_argument("--batch", dest="inputs.batch", type=positive_int, default=argparse.SUPPRESS, metavar="B",
-                       help="sequences per batch of generated inputs (and factories that take batch)")
-    group.add_argument("--seed", dest="inputs.seed", type=nonnegative_int, default=argparse.SUPPRESS,
-                       help="seed of generated inputs and of factories' random init (default 0)")
-    group.add_argument("--inputs", dest="inputs_file", metavar="FILE",
-                       help="example inputs saved with torch.save: a tensor, a tuple/list of tensors or a dict of keyword inputs")
-    group.add_argument("--text", dest="text_file", metavar="FILE",
-                       help="hf: models: tokenize this text file for the inputs (its first --seq-len tokens)")
+    group.add_argument(
+        "--seq-len",
+        dest="inputs.seq_len",
+        type=positive_int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="tokens per sequence of generated inputs (and factories that take seq_len)",
+    )
+    group.add_argument(
+        "--batch",
+        dest="inputs.batch",
+        type=positive_int,
+        default=argparse.SUPPRESS,
+        metavar="B",
+        help="sequences per batch of generated inputs (and factories that take batch)",
+    )
+    group.add_argument(
+        "--seed",
+        dest="inputs.seed",
+        type=nonnegative_int,
+        default=argparse.SUPPRESS,
+        help="seed of generated inputs and of factories' random init (default 0)",
+    )
+    group.add_argument(
+        "--inputs",
+        dest="inputs_file",
+        metavar="FILE",
+        help="example inputs saved with torch.save: a tensor, a tuple/list of tensors or a dict of keyword inputs",
+    )
+    group.add_argument(
+        "--text",
+        dest="text_file",
+        metavar="FILE",
+        help="hf: models: tokenize this text file for the inputs (its first --seq-len tokens)",
+    )
     group.add_argument("--device", default="cpu", help="device to run the model on (default cpu)")  # fmt: skip
 
 
 def add_attention(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("attention ([attention] in the config file)")
     add = group.add_argument
-    add("--window", dest="attention.window", type=positive_int, default=argparse.SUPPRESS, metavar="W",
-        help="sliding window W (default 2048)")
-    add("--sinks", dest="attention.sinks", type=nonnegative_int, default=argparse.SUPPRESS, metavar="S",
-        help="sink keys S (default 1024)")
-    add("--stride", dest="attention.stride", type=positive_int, default=argparse.SUPPRESS, metavar="G",
-        help="anchor stride G (default 64)")
-    add("--tail", dest="attention.tail", type=nonnegative_int, default=argparse.SUPPRESS, metavar="T",
-        help="dense tail rows T (default max(128, G))")
-    add("--min-seq-len", dest="attention.min_seq_len", type=nonnegative_int, default=argparse.SUPPRESS, metavar="N",
-        help="keep attention over shorter sequences dense (default 0)")
-    add("--dense-layers", dest="attention.dense_layers", type=nonnegative_int, nargs="*", default=argparse.SUPPRESS,
-        metavar="I", help="layer indices kept dense")
-    add("--dense-modules", dest="attention.dense_modules", nargs="*", default=argparse.SUPPRESS, metavar="GLOB",
-        help="module-path globs kept dense")
+    add(
+        "--window",
+        dest="attention.window",
+        type=positive_int,
+        default=argparse.SUPPRESS,
+        metavar="W",
+        help="sliding window W (default 2048)",
+    )
+    add(
+        "--sinks",
+        dest="attention.sinks",
+        type=nonnegative_int,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help="sink keys S (default 1024)",
+    )
+    add(
+        "--stride",
+        dest="attention.stride",
+        type=positive_int,
+        default=argparse.SUPPRESS,
+        metavar="G",
+        help="anchor stride G (default 64)",
+    )
+    add(
+        "--tail",
+        dest="attention.tail",
+        type=nonnegative_int,
+        default=argparse.SUPPRESS,
+        metavar="T",
+        help="dense tail rows T (default max(128, G))",
+    )
+    add(
+        "--min-seq-len",
+        dest="attention.min_seq_len",
+        type=nonnegative_int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="keep attention over shorter sequences dense (default 0)",
+    )
+    add(
+        "--dense-layers",
+        dest="attention.dense_layers",
+        type=nonnegative_int,
+        nargs="*",
+        default=argparse.SUPPRESS,
+        metavar="I",
+        help="layer indices kept dense",
+    )
+    add(
+        "--dense-modules",
+        dest="attention.dense_modules",
+        nargs="*",
+        default=argparse.SUPPRESS,
+        metavar="GLOB",
+        help="module-path globs kept dense",
+    )
     add("--impl", dest="attention.impl", choices=[i.value for i in Impl], default=argparse.SUPPRESS,
         help="eager implementation of the op (default auto)")  # fmt: skip
 

@@ -43,7 +43,9 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_output(parser, required=False, help="also write the JSON here")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw time vs sequence length, dense and delta (needs matplotlib)")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="draw time vs sequence length, dense and delta (needs matplotlib)"
+    )
     add_table_flags(parser, "bench", "benchmark ([bench] in the config file)")
     add_config(parser)
     add_logging(parser)
@@ -91,7 +93,10 @@ def _run_gpu(ctx: Context, s: BenchSettings) -> dict[str, Any]:
         ctx.console.note("--no-memory applies to the CPU benchmark; the GPU one reads the CUDA allocator")
     try:
         config = BenchConfig(
-            ns=tuple(s.n), repeat=s.repeat, time_budget_s=float(s.time_budget_s), **{k: getattr(s, k) for k in SIZE_KEYS}
+            ns=tuple(s.n),
+            repeat=s.repeat,
+            time_budget_s=float(s.time_budget_s),
+            **{k: getattr(s, k) for k in SIZE_KEYS},
         )
     except ValueError as e:
         raise CliError(f"[bench] {e}") from None
@@ -127,7 +132,9 @@ def plot(result: dict[str, Any], path: Path, *, force: bool) -> None:
     ax.set_xlabel("sequence length N")
     ax.set_ylabel("median time per call (s)")
     params = result.get("params") or result.get("plan", {}).get("config", {})
-    wsg = ", ".join(f"{label}={params[k]}" for k, label in (("window", "W"), ("sinks", "S"), ("stride", "G")) if k in params)
+    wsg = ", ".join(
+        f"{label}={params[k]}" for k, label in (("window", "W"), ("sinks", "S"), ("stride", "G")) if k in params
+    )
     ax.set_title(f"{result.get('benchmark', 'attention')}: dense vs delta ({wsg})", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

@@ -142,7 +142,9 @@ def compare_outputs(dense: Any, converted: Any) -> tuple[list[dict[str, Any]], l
     return outputs, problems
 
 
-def evaluate(thresholds: CheckSettings, num_converted: int, outputs: list[dict[str, Any]], timing: dict[str, Any] | None) -> list[Check]:
+def evaluate(
+    thresholds: CheckSettings, num_converted: int, outputs: list[dict[str, Any]], timing: dict[str, Any] | None
+) -> list[Check]:
     """Every enabled threshold held against what was measured."""
     checks = [
         Check("min_converted", None, "converted_sites", num_converted, ">=", thresholds.min_converted,
@@ -156,7 +158,9 @@ def evaluate(thresholds: CheckSettings, num_converted: int, outputs: list[dict[s
             if not out["compared"] or (scope == "logits" and not out["logits"]):
                 continue
             value = out["metrics"][metric]
-            checks.append(Check(key, out["name"], metric, value, relation, threshold, _holds(value, relation, threshold)))
+            checks.append(
+                Check(key, out["name"], metric, value, relation, threshold, _holds(value, relation, threshold))
+            )
     if timing is not None and thresholds.max_time_ratio is not None:
         ratio = timing["ratio"]
         checks.append(Check("max_time_ratio", None, "time_ratio", ratio, "<=", thresholds.max_time_ratio,
@@ -247,7 +251,9 @@ def markdown_summary(report: dict[str, Any]) -> str:
     ]
     for c in report["checks"]:
         result = "pass" if c["passed"] else "**FAIL**"
-        lines.append(f"| `{c['name']}` | {c['output'] or '-'} | {_fmt(c['value'])} | {c['relation']} {_fmt(c['threshold'])} | {result} |")
+        lines.append(
+            f"| `{c['name']}` | {c['output'] or '-'} | {_fmt(c['value'])} | {c['relation']} {_fmt(c['threshold'])} | {result} |"
+        )
     if report["not_checked"]:
         lines += ["", "Not checked: " + ", ".join(f"`{k}`" for k in report["not_checked"]) + "."]
     if report.get("timing"):
@@ -278,16 +284,22 @@ def _print_summary(ctx: Context, report: dict[str, Any], checks: list[Check], co
         m = out["metrics"]
         rows.append((out["name"], out["shape"], _fmt(m["sqnr_db"]), _fmt(m["relative_l2"]), _fmt(m["max_abs_error"]),
                      _fmt(m.get("kl_divergence", "-")), _fmt(m.get("top1_agreement", "-"))))  # fmt: skip
-    console.table("converted vs dense", ("output", "shape", "SQNR dB", "rel. L2", "max |err|", "KL (nats)", "top-1"), rows)
+    console.table(
+        "converted vs dense", ("output", "shape", "SQNR dB", "rel. L2", "max |err|", "KL (nats)", "top-1"), rows
+    )
     failed = sum(not c.passed for c in checks)
     verdict = "PASS" if not failed else "FAIL"
     caption = f"{verdict}: {len(checks) - failed} of {len(checks)} checks met"
     if report["not_checked"]:
         caption += "; not checked: " + ", ".join(report["not_checked"])
-    console.table("checks", ("check", "output", "measured", "threshold", "result"), _check_rows(checks), caption=caption)
+    console.table(
+        "checks", ("check", "output", "measured", "threshold", "result"), _check_rows(checks), caption=caption
+    )
     if report.get("timing"):
         t = report["timing"]
-        console.line(f"timing: dense {t['dense']['median_s']:.4g} s, converted {t['converted']['median_s']:.4g} s, ratio {t['ratio']:.3g}")
+        console.line(
+            f"timing: dense {t['dense']['median_s']:.4g} s, converted {t['converted']['median_s']:.4g} s, ratio {t['ratio']:.3g}"
+        )
     for note in report["notes"]:
         console.note(note)
 
@@ -348,7 +360,9 @@ def run(ctx: Context) -> int:
     passed = all(c.passed for c in checks)
     notes = problems + dense_equivalence_notes(conversion, attention)
     if loaded.kind == "default":
-        notes.append("the embedded default is a random-init model: this run tests the pipeline, not a trained model's fidelity")
+        notes.append(
+            "the embedded default is a random-init model: this run tests the pipeline, not a trained model's fidelity"
+        )
     for out in outputs:
         if out["compared"] and not out["metrics"]["finite"]:
             notes.append(f"output {out['name']!r} of the converted program has non-finite values")

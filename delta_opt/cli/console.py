@@ -74,7 +74,9 @@ class Console:
         """JSON on stdout, also under ``--quiet`` (the user asked for it)."""
         print(json.dumps(data, indent=2, default=str))
 
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None) -> None:
+    def table(
+        self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None
+    ) -> None:
         """A table on stdout."""
         if self.quiet:
             return

@@ -39,12 +39,20 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True, parser_class=type(parser))
-    onnx_parser = targets.add_parser("onnx", help="an ONNX file with DeltaAttention nodes", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    onnx_parser = targets.add_parser(
+        "onnx",
+        help="an ONNX file with DeltaAttention nodes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(onnx_parser, output_help="the .onnx file to write (required unless --dump-config)")
     onnx_parser.set_defaults(run=run_onnx)
-    trt_parser = targets.add_parser("trt", help="a TensorRT engine (needs TensorRT)", description=__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    trt_parser = targets.add_parser(
+        "trt",
+        help="a TensorRT engine (needs TensorRT)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(trt_parser, output_help="the engine file to write (required unless --dump-config)")
     trt_parser.set_defaults(run=run_trt)
 
@@ -54,8 +62,11 @@ def _common(parser: argparse.ArgumentParser, *, output_help: str) -> None:
     add_output(parser, required=False, help=output_help)
     group = parser.add_argument_group("ONNX")
     group.add_argument("--opset", type=int, default=None, help="ONNX opset of the default domain (default 18)")
-    group.add_argument("--inline", action="store_true",
-                       help="write the DeltaAttention bodies in place (standard ONNX ops only, no custom node)")
+    group.add_argument(
+        "--inline",
+        action="store_true",
+        help="write the DeltaAttention bodies in place (standard ONNX ops only, no custom node)",
+    )
     parser.add_argument("--report", metavar="FILE", help="also write a JSON report here")
     add_dynamic(parser)
     add_config(parser)

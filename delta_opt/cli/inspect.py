@@ -71,8 +71,9 @@ def run(ctx: Context) -> int:
 
 def _inspect_onnx(ctx: Context, loaded: Any) -> int:
     require("onnx", needed_for="inspecting an ONNX file", install="pip install 'delta-opt[onnx]'")
-    import onnx
     from collections import Counter
+
+    import onnx
 
     from .errors import CliError
 
@@ -87,7 +88,9 @@ def _inspect_onnx(ctx: Context, loaded: Any) -> int:
     for node in model.graph.node:
         if node.domain == domain and node.op_type == op_type:
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            nodes.append({"name": node.name, "inputs": list(node.input), "outputs": list(node.output), "attributes": attributes})
+            nodes.append(
+                {"name": node.name, "inputs": list(node.input), "outputs": list(node.output), "attributes": attributes}
+            )
     has_body = any((f.domain, f.name) == (domain, op_type) for f in model.functions)
     counts = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in model.graph.node)
     info = {
@@ -104,7 +107,9 @@ def _inspect_onnx(ctx: Context, loaded: Any) -> int:
         ctx.console.json(info)
         return EXIT_OK
     ctx.console.line(f"model: {loaded.description}")
-    ctx.console.line(f"opsets: {info['opsets']}; {info['num_nodes']} nodes; inputs {info['inputs']}; outputs {info['outputs']}")
+    ctx.console.line(
+        f"opsets: {info['opsets']}; {info['num_nodes']} nodes; inputs {info['inputs']}; outputs {info['outputs']}"
+    )
     rows = []
     for n in nodes:
         attrs = ", ".join(f"{k}={_short(v)}" for k, v in sorted(n["attributes"].items()))

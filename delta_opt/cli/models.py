@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from .errors import CliError, MissingDependency, require
+from .errors import CliError, require
 from .settings import InputSettings
 
 __all__ = ["DEFAULT_FACTORY", "DEFAULT_SEQ_LEN", "LoadedModel", "load_model", "run_model"]
 
 DEFAULT_FACTORY = "delta_opt.zoo:tiny_llama"
 DEFAULT_SEQ_LEN = 512
-FORMS = "package.module:factory, path/to/file.py:factory, FILE.pt2, hf:DIR, hf:FILE.gguf" 
+FORMS = "package.module:factory, path/to/file.py:factory, FILE.pt2, hf:DIR, hf:FILE.gguf"
 HF_INSTALL = "pip install 'delta-opt[hf]'"
 
 
@@ -69,7 +69,9 @@ class LoadedModel:
     def example_inputs(self) -> tuple[Any, ...] | dict[str, Any]:
         """The inputs in the form ``delta_opt.optimize`` / ``export_onnx`` take (tuple or dict)."""
         if self.kwargs and self.args:
-            raise CliError(f"{self.description}: example inputs mix positional and keyword inputs; give one or the other")
+            raise CliError(
+                f"{self.description}: example inputs mix positional and keyword inputs; give one or the other"
+            )
         return dict(self.kwargs) if self.kwargs else tuple(self.args)
 
     def is_exported(self) -> bool:
@@ -96,7 +98,11 @@ class LoadedModel:
 
         if self.dynamic_shapes is not None:
             return self.dynamic_shapes
-        tokens = {k for k, v in self.kwargs.items() if isinstance(v, torch.Tensor) and v.ndim == 2 and not v.is_floating_point()}
+        tokens = {
+            k
+            for k, v in self.kwargs.items()
+            if isinstance(v, torch.Tensor) and v.ndim == 2 and not v.is_floating_point()
+        }
         if self.args or not tokens:
             raise CliError(
                 f"--dynamic: cannot tell which dimension of {self.description}'s inputs is the sequence "
@@ -158,7 +164,9 @@ def load_model(
             hint = f" (a Hugging Face checkpoint? write hf:{spec})"
         elif spec.endswith(".gguf"):
             hint = f" (write hf:{spec})"
-        raise CliError(f"MODEL {spec!r} is not a recognised form{hint}; expected one of {FORMS}, or FILE.onnx for inspect")
+        raise CliError(
+            f"MODEL {spec!r} is not a recognised form{hint}; expected one of {FORMS}, or FILE.onnx for inspect"
+        )
     loaded.notes.extend(skip.notes)
     if inputs_file is not None:
         _use_inputs_file(loaded, inputs_file)
@@ -233,7 +241,9 @@ class _Inapplicable:
         self.notes.append(f"[inputs] {name} from the config file does not apply ({reason}); ignored")
 
 
-def _factory_kwargs(factory: Callable[..., Any], spec: str, settings: InputSettings, skip: _Inapplicable) -> dict[str, Any]:
+def _factory_kwargs(
+    factory: Callable[..., Any], spec: str, settings: InputSettings, skip: _Inapplicable
+) -> dict[str, Any]:
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -293,7 +303,9 @@ def _split_inputs(inputs: Any, what: str) -> tuple[tuple[Any, ...], dict[str, An
         return (), dict(inputs)
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs), {}
-    raise CliError(f"{what} must be a tensor, a tuple/list of inputs or a dict of keyword inputs; got {type(inputs).__name__}")
+    raise CliError(
+        f"{what} must be a tensor, a tuple/list of inputs or a dict of keyword inputs; got {type(inputs).__name__}"
+    )
 
 
 # ---- saved programs ------------------------------------------------------------------------
@@ -303,7 +315,10 @@ def _from_pt2(spec: str, settings: InputSettings, skip: _Inapplicable) -> Loaded
     path = _existing_file(spec)
     for name in ("seq_len", "batch"):
         if getattr(settings, name) is not None:
-            skip(name, f"{spec} is a saved program with the example inputs it was exported with; pass --inputs FILE for others")
+            skip(
+                name,
+                f"{spec} is a saved program with the example inputs it was exported with; pass --inputs FILE for others",
+            )
     program = _load_program(spec, path)
     args, kwargs = (), {}
     if program.example_inputs is not None:
@@ -354,7 +369,9 @@ def _load_program(spec: str, path: Path) -> Any:
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise CliError(f"MODEL {spec!r}: its outputs are {missing[0]}, whose module cannot be imported ({e})") from None
+            raise CliError(
+                f"MODEL {spec!r}: its outputs are {missing[0]}, whose module cannot be imported ({e})"
+            ) from None
         imported.add(module)
 
 
@@ -398,7 +415,9 @@ def _from_hf(spec: str, settings: InputSettings, text_file: str | None, *, verbo
     return LoadedModel(spec, "hf", description, model, (), kwargs, path=path)
 
 
-def _hf_inputs(model: Any, spec: str, settings: InputSettings, folder: Path, load_kwargs: dict[str, Any], text_file: str | None) -> dict[str, Any]:
+def _hf_inputs(
+    model: Any, spec: str, settings: InputSettings, folder: Path, load_kwargs: dict[str, Any], text_file: str | None
+) -> dict[str, Any]:
     import torch
 
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -417,7 +436,9 @@ def _hf_inputs(model: Any, spec: str, settings: InputSettings, folder: Path, loa
         ids = tokenizer(text_path.read_text(errors="replace"), return_tensors="pt").input_ids
         if settings.seq_len is not None:
             if ids.shape[1] < settings.seq_len:
-                raise CliError(f"--text {text_file!r} has {ids.shape[1]} tokens, fewer than --seq-len {settings.seq_len}")
+                raise CliError(
+                    f"--text {text_file!r} has {ids.shape[1]} tokens, fewer than --seq-len {settings.seq_len}"
+                )
             ids = ids[:, : settings.seq_len]
     else:
         vocab = getattr(config, "vocab_size", None)
@@ -444,7 +465,9 @@ def _use_inputs_file(loaded: LoadedModel, name: str) -> None:
     try:
         data = torch.load(path, weights_only=True)
     except Exception as e:
-        raise CliError(f"--inputs {name!r} could not be read with torch.load(weights_only=True): {type(e).__name__}: {e}") from None
+        raise CliError(
+            f"--inputs {name!r} could not be read with torch.load(weights_only=True): {type(e).__name__}: {e}"
+        ) from None
     args, kwargs = _split_inputs(data, f"--inputs {name!r}")
     if loaded.kind == "hf":
         # A bare tensor of token ids is the usual thing to save for a language model.

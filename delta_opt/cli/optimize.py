@@ -23,9 +23,12 @@ __all__ = ["add_dynamic", "register", "report_path", "run"]
 
 def add_dynamic(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("shapes")
-    group.add_argument("--dynamic", action="store_true",
-                       help="trace with a dynamic sequence length (dim 1 of token inputs such as input_ids, "
-                            "or the factory's dynamic_shapes)")
+    group.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="trace with a dynamic sequence length (dim 1 of token inputs such as input_ids, "
+        "or the factory's dynamic_shapes)",
+    )
     group.add_argument("--max-seq-len", type=positive_int, default=None, metavar="N",
                        help="with --dynamic: the longest sequence the program accepts (default: the model "
                             "config's max_position_embeddings, else 131072)")  # fmt: skip
@@ -118,5 +121,7 @@ def run(ctx: Context) -> int:
         print_conversion(ctx.console, report, title="attention sites")
     for note in notes:
         ctx.console.note(note)
-    ctx.console.note(f"wrote {output} ({report.num_converted} of {report.num_sites} site(s) converted) and {report_file}")
+    ctx.console.note(
+        f"wrote {output} ({report.num_converted} of {report.num_sites} site(s) converted) and {report_file}"
+    )
     return EXIT_OK

@@ -9,7 +9,14 @@ from ..ops.checks import num_corrected_rows
 from .console import Console
 from .models import LoadedModel
 
-__all__ = ["conversion_summary", "delta_calls", "dense_equivalence_notes", "describe_inputs", "print_conversion", "print_delta_calls"]
+__all__ = [
+    "conversion_summary",
+    "delta_calls",
+    "dense_equivalence_notes",
+    "describe_inputs",
+    "print_conversion",
+    "print_delta_calls",
+]
 
 
 def describe_inputs(loaded: LoadedModel) -> dict[str, Any]:
@@ -72,9 +79,7 @@ def print_conversion(console: Console, report: Any, *, title: str) -> None:
         heads = f"{s.heads}/{s.kv_heads}" if s.heads is not None else "?"
         status = "converted" if s.converted else f"kept: {s.reason}"
         rows.append((s.index, s.module or "<root>", s.form, shape, heads, s.mask or "?", status))
-    caption = (
-        f"{report.num_sites} attention site(s): {report.num_converted} converted, {report.num_skipped} kept dense"
-    )
+    caption = f"{report.num_sites} attention site(s): {report.num_converted} converted, {report.num_skipped} kept dense"
     console.table(title, ("#", "module", "form", "q [B,H,N,D]", "heads/kv", "mask", "status"), rows, caption=caption)
     for u in report.unmatched:
         console.line(f"softmax not taken for attention: {u.module or '<root>'} ({u.node}): {u.reason}")
@@ -110,4 +115,6 @@ def print_delta_calls(console: Console, calls: list[dict[str, Any]]) -> None:
         shape = "[" + ",".join(map(str, c["q_shape"])) + "]" if c["q_shape"] else "?"
         params = ", ".join(f"{k}={c[k]}" for k in ("causal", "window", "sinks", "stride", "tail", "impl") if k in c)
         rows.append((c["node"], c["module"] or "<root>", shape, "yes" if c["mask"] else "no", params))
-    console.table("delta_attention calls already in the program", ("node", "module", "q [B,H,N,D]", "mask", "parameters"), rows)
+    console.table(
+        "delta_attention calls already in the program", ("node", "module", "q [B,H,N,D]", "mask", "parameters"), rows
+    )

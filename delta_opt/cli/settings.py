@@ -51,7 +51,9 @@ __all__ = [
 CONFIG_FILE = "delta-opt.toml"
 
 
-def _number(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None, integer: bool = False) -> None:
+def _number(
+    name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None, integer: bool = False
+) -> None:
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or (isinstance(value, float) and math.isnan(value)):
@@ -72,10 +74,15 @@ def _flag(help: str, *, off: bool = False, unset: str | None = None) -> dict[str
 class InputSettings:
     """How example inputs are made when the model does not bring its own (``[inputs]``)."""
 
-    seq_len: int | None = field(default=None, metadata=_flag(
-        "tokens per generated sequence", unset="the model's own example inputs, or 512 generated tokens"))
-    batch: int | None = field(default=None, metadata=_flag(
-        "sequences per generated batch", unset="the model's own example inputs, or 1"))
+    seq_len: int | None = field(
+        default=None,
+        metadata=_flag(
+            "tokens per generated sequence", unset="the model's own example inputs, or 512 generated tokens"
+        ),
+    )
+    batch: int | None = field(
+        default=None, metadata=_flag("sequences per generated batch", unset="the model's own example inputs, or 1")
+    )
     seed: int = field(default=0, metadata=_flag("seed of generated inputs and of factories' random init"))
 
     def __post_init__(self) -> None:
@@ -89,17 +96,22 @@ class InputSettings:
 class CheckSettings:
     """Thresholds of ``delta-opt check`` (``[check]``); a threshold set to None is not checked."""
 
-    min_sqnr_db: float | None = field(default=20.0, metadata=_flag(
-        "every floating output: SQNR of converted vs dense, in dB, at least", off=True))
-    max_relative_l2: float | None = field(default=None, metadata=_flag(
-        "every floating output: ||converted - dense|| / ||dense||, at most", off=True))
-    max_kl: float | None = field(default=0.1, metadata=_flag(
-        "LM logits: mean KL(dense || converted) over positions, in nats, at most", off=True))
-    min_top1_agreement: float | None = field(default=0.8, metadata=_flag(
-        "LM logits: fraction of positions whose argmax agrees, at least", off=True))
+    min_sqnr_db: float | None = field(
+        default=20.0, metadata=_flag("every floating output: SQNR of converted vs dense, in dB, at least", off=True)
+    )
+    max_relative_l2: float | None = field(
+        default=None, metadata=_flag("every floating output: ||converted - dense|| / ||dense||, at most", off=True)
+    )
+    max_kl: float | None = field(
+        default=0.1, metadata=_flag("LM logits: mean KL(dense || converted) over positions, in nats, at most", off=True)
+    )
+    min_top1_agreement: float | None = field(
+        default=0.8, metadata=_flag("LM logits: fraction of positions whose argmax agrees, at least", off=True)
+    )
     min_converted: int = field(default=1, metadata=_flag("attention sites converted, at least"))
-    max_time_ratio: float | None = field(default=None, metadata=_flag(
-        "converted / dense forward time, at most (turns timing on)", off=True))
+    max_time_ratio: float | None = field(
+        default=None, metadata=_flag("converted / dense forward time, at most (turns timing on)", off=True)
+    )
     timing: bool = field(default=False, metadata=_flag("time the dense and converted forward passes"))
     repeat: int = field(default=3, metadata=_flag("timed calls per model when timing"))
 
@@ -138,8 +150,9 @@ class BenchSettings:
     stride: int | None = field(default=None, metadata=_flag("stride G", unset="the benchmark's default"))
     repeat: int = field(default=3, metadata=_flag("timed calls per method and size"))
     memory: bool = field(default=True, metadata=_flag("CPU: measure peak memory in a child process per call"))
-    time_budget_s: float | None = field(default=None, metadata=_flag(
-        "GPU: wall-clock budget of the run, in seconds", unset="the benchmark's default"))
+    time_budget_s: float | None = field(
+        default=None, metadata=_flag("GPU: wall-clock budget of the run, in seconds", unset="the benchmark's default")
+    )
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -225,7 +238,7 @@ def read_config(path: str | Path | None, *, cwd: Path | None = None) -> ConfigFi
 def overrides(namespace: Any, table: str) -> dict[str, Any]:
     """The flags given for ``table`` (destinations ``"<table>.<key>"``), without the prefix."""
     prefix = table + "."
-    return {dest[len(prefix):]: value for dest, value in vars(namespace).items() if dest.startswith(prefix)}
+    return {dest[len(prefix) :]: value for dest, value in vars(namespace).items() if dest.startswith(prefix)}
 
 
 def build(table: str, config: ConfigFile, flags: Mapping[str, Any]) -> Any:

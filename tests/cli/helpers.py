@@ -55,7 +55,12 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
         else:
             full_env[key] = value
     proc = subprocess.run(
-        [sys.executable, "-m", "delta_opt.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "delta_opt.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

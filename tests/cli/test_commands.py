@@ -71,7 +71,10 @@ def test_check_fails_a_threshold_with_exit_1(workdir):
     assert by_name["max_relative_l2"]["passed"] is True
     assert "max_kl" not in by_name and "max_kl" in report["not_checked"]
     timing = report["timing"]
-    assert timing["dense"]["median_s"] > 0 and timing["ratio"] == timing["converted"]["median_s"] / timing["dense"]["median_s"]
+    assert (
+        timing["dense"]["median_s"] > 0
+        and timing["ratio"] == timing["converted"]["median_s"] / timing["dense"]["median_s"]
+    )
     assert "### delta-opt check: FAIL" in summary.read_text() and "**FAIL**" in summary.read_text()
 
 
@@ -106,7 +109,9 @@ def test_optimize_writes_program_and_report_then_refuses_then_forces(workdir, ca
     # --force replaces it (in this process: the subprocess path was shown above).
     assert main(["optimize", "-o", str(workdir / "tiny.pt2"), "--window", "8", "--force", "-q"]) == 0
     program = torch.export.load(workdir / "tiny.pt2")
-    windows = {n.kwargs["window"] for n in program.graph.nodes if n.target is torch.ops.delta_opt.delta_attention.default}
+    windows = {
+        n.kwargs["window"] for n in program.graph.nodes if n.target is torch.ops.delta_opt.delta_attention.default
+    }
     assert windows == {8}
     assert sorted(p.name for p in workdir.iterdir()) == ["delta-opt.toml", "tiny.pt2", "tiny.report.json"]
     # check refuses a converted program: there is no dense model to compare it with.

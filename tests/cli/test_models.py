@@ -95,7 +95,11 @@ def test_inspect_a_module_factory(factories, capsys):
 @pytest.mark.parametrize(
     ("spec", "settings", "phrase"),
     [
-        ("cli_test_factories:build_fixed", {"seq_len": 32}, "--seq-len cannot apply: the factory cli_test_factories:build_fixed takes no 'seq_len' argument"),
+        (
+            "cli_test_factories:build_fixed",
+            {"seq_len": 32},
+            "--seq-len cannot apply: the factory cli_test_factories:build_fixed takes no 'seq_len' argument",
+        ),
         ("cli_test_factories:not_a_pair", {}, "must return (model, example_inputs)"),
         ("cli_test_factories:nothing", {}, "has no attribute 'nothing'"),
         ("no_such_module_xyz:build", {}, "cannot import 'no_such_module_xyz'"),

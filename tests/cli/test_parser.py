@@ -59,11 +59,7 @@ def test_every_config_key_has_a_flag():
 
     parser = build_parser()
     subparsers = parser._subparsers._group_actions[0].choices  # argparse keeps them here
-    dests = {
-        action.dest
-        for sub in (subparsers["check"], subparsers["bench"])
-        for action in sub._actions
-    }
+    dests = {action.dest for sub in (subparsers["check"], subparsers["bench"]) for action in sub._actions}
     for table in ("attention", "inputs", "check"):
         for key in _keys(table):
             assert f"{table}.{key}" in dests, (table, key)
