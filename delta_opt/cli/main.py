@@ -60,6 +60,8 @@ def _quiet_libraries(verbose: bool, quiet: bool) -> None:
         warnings.simplefilter("ignore")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # e.g. transformers' GGUF de-quantization bar
 
 
 def _first_line(error: BaseException) -> str:
