@@ -245,6 +245,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
         "- inputs: " + ", ".join(f"`{k}` {_describe(v)}" for k, v in report["inputs"].items()),
         "- attention: " + ", ".join(f"{k}={v}" for k, v in report["config"].items() if v not in (None, [], ())),
         f"- sites: {report['conversion']['num_converted']} converted, {report['conversion']['num_skipped']} kept dense",
+        f"- configuration: {_config_source(report)}",
         "",
         "| check | output | measured | threshold | result |",
         "| --- | --- | --- | --- | --- |",
@@ -265,6 +266,11 @@ def markdown_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config_source(report: dict[str, Any]) -> str:
+    where = f"{report['config_file']} and flags" if report["config_file"] else "built-in defaults and flags"
+    return f"{where} (`delta-opt check --dump-config` prints it)"
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, dict) and "shape" in value:
         return f"{value['dtype']} {value['shape']}"
@@ -275,6 +281,7 @@ def _print_summary(ctx: Context, report: dict[str, Any], checks: list[Check], co
     console = ctx.console
     console.line(f"model: {report['model']}")
     console.line("inputs: " + ", ".join(f"{k} {_describe(v)}" for k, v in report["inputs"].items()))
+    console.line(f"configuration: {_config_source(report)}")
     print_conversion(console, conversion, title="attention sites")
     rows = []
     for out in report["outputs"]:
@@ -318,20 +325,7 @@ def _append_step_summary(ctx: Context, report: dict[str, Any]) -> None:
 # ---- the command ---------------------------------------------------------------------------
 
 
-def run(ctx: Context) -> int:
-    attention, inputs, thresholds = ctx.settings("attention"), ctx.settings("inputs"), ctx.settings("check")
-    if ctx.dump_requested({"attention": attention, "inputs": inputs, "check": thresholds}):
-        return EXIT_OK
-    output = claim(ctx.args.output, force=ctx.args.force, what="report")
-    try:
-        import delta_opt.eval.metrics  # noqa: F401
-    except ImportError as e:
-        raise CliError(f"check needs delta_opt.eval.metrics, which this installation lacks ({e})") from None
-    import delta_opt
-
-    from .models import run_model
-
-    start = time.perf_counter()
+def _load_dense(ctx: Context) -> Any:
     loaded = ctx.load_model()
     already = loaded.delta_sites()
     if already:
@@ -341,6 +335,15 @@ def run(ctx: Context) -> int:
         )
     if not loaded.args and not loaded.kwargs:
         raise CliError(f"{loaded.description} has no example inputs to run; pass --inputs FILE")
+    return loaded
+
+
+def _measure(ctx: Context, loaded: Any, attention: Any, thresholds: CheckSettings) -> dict[str, Any]:
+    """Convert, run both, compare (and time): what the checks are held against."""
+    import delta_opt
+
+    from .models import run_model
+
     with ctx.console.step("tracing the model and converting its attention"):
         example = None if loaded.is_exported() else loaded.example_inputs
         program, conversion = delta_opt.optimize(loaded.model, example, attention)
@@ -354,18 +357,42 @@ def run(ctx: Context) -> int:
     if thresholds.timed:
         with ctx.console.step(f"timing dense and converted ({thresholds.repeat} calls each)"):
             timing = _time_both(loaded, program, thresholds.repeat)
-    checks = evaluate(thresholds, conversion.num_converted, outputs, timing)
-    if problems:  # a conversion that changes what the model returns fails the gate
-        checks.insert(1, Check("outputs_match", None, "mismatched_outputs", len(problems), "<=", 0, False))
-    passed = all(c.passed for c in checks)
-    notes = problems + dense_equivalence_notes(conversion, attention)
+    return {"conversion": conversion, "outputs": outputs, "problems": problems, "timing": timing}
+
+
+def _notes(loaded: Any, measured: dict[str, Any], attention: Any) -> list[str]:
+    notes = measured["problems"] + dense_equivalence_notes(measured["conversion"], attention)
     if loaded.kind == "default":
         notes.append(
             "the embedded default is a random-init model: this run tests the pipeline, not a trained model's fidelity"
         )
-    for out in outputs:
+    for out in measured["outputs"]:
         if out["compared"] and not out["metrics"]["finite"]:
             notes.append(f"output {out['name']!r} of the converted program has non-finite values")
+    return notes
+
+
+def run(ctx: Context) -> int:
+    attention, inputs, thresholds = ctx.settings("attention"), ctx.settings("inputs"), ctx.settings("check")
+    if ctx.dump_requested({"attention": attention, "inputs": inputs, "check": thresholds}):
+        return EXIT_OK
+    output = claim(ctx.args.output, force=ctx.args.force, what="report")
+    try:
+        import delta_opt.eval.metrics  # noqa: F401
+    except ImportError as e:
+        raise CliError(f"check needs delta_opt.eval.metrics, which this installation lacks ({e})") from None
+    import torch
+
+    import delta_opt
+
+    start = time.perf_counter()
+    loaded = _load_dense(ctx)
+    measured = _measure(ctx, loaded, attention, thresholds)
+    conversion, outputs = measured["conversion"], measured["outputs"]
+    checks = evaluate(thresholds, conversion.num_converted, outputs, measured["timing"])
+    if measured["problems"]:  # a conversion that changes what the model returns fails the gate
+        checks.insert(1, Check("outputs_match", None, "mismatched_outputs", len(measured["problems"]), "<=", 0, False))
+    passed = all(c.passed for c in checks)
     report = {
         "command": "check",
         "passed": passed,
@@ -379,12 +406,12 @@ def run(ctx: Context) -> int:
         "outputs": outputs,
         "checks": [asdict(c) for c in checks],
         "not_checked": _not_checked(thresholds, outputs),
-        "timing": timing,
-        "notes": notes,
+        "timing": measured["timing"],
+        "notes": _notes(loaded, measured, attention),
         "sites": [s.to_dict() for s in conversion.sites],
         "environment": {
             "delta_opt": delta_opt.__version__,
-            "torch": __import__("torch").__version__,
+            "torch": torch.__version__,
             "python": platform.python_version(),
             "device": ctx.args.device,
         },
