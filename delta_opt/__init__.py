@@ -5,6 +5,7 @@ Public API::
     delta_opt.delta_attention(q, k, v, attn_mask=None, *, causal, window, sinks, stride, tail, scale, impl)
     delta_opt.DeltaConfig(window=..., sinks=..., stride=..., tail=..., min_seq_len=..., impl=...)
     delta_opt.optimize(model, example_inputs, config, *, dynamic_shapes=None) -> (ExportedProgram, Report)
+    delta_opt.export_onnx(program_or_model, example_inputs, path, *, config, opset, dynamic_shapes, inline)
 
 Importing the package registers the op ``delta_opt::delta_attention`` with torch.
 """
@@ -14,7 +15,7 @@ from .ops import delta_attention
 
 __version__ = "0.1.0"
 
-__all__ = ["DeltaConfig", "Impl", "Report", "delta_attention", "optimize", "__version__"]
+__all__ = ["DeltaConfig", "Impl", "Report", "delta_attention", "export_onnx", "optimize", "__version__"]
 
 
 def __getattr__(name: str):
@@ -23,4 +24,9 @@ def __getattr__(name: str):
         from . import passes
 
         return getattr(passes, name)
+    # ONNX export pulls in onnx and onnxscript: imported on first use, not with the package.
+    if name == "export_onnx":
+        from .backends.onnx.export import export_onnx
+
+        return export_onnx
     raise AttributeError(f"module 'delta_opt' has no attribute {name!r}")
