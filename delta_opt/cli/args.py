@@ -117,6 +117,7 @@ def add_model(parser: argparse.ArgumentParser, *, inputs: bool = True) -> None:
         dest="inputs.seed",
         type=nonnegative_int,
         default=argparse.SUPPRESS,
+        metavar="N",
         help="seed of generated inputs and of factories' random init (default 0)",
     )
     group.add_argument(

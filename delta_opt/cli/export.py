@@ -21,7 +21,7 @@ from .args import add_attention, add_config, add_logging, add_model, add_output
 from .context import Context
 from .errors import EXIT_OK, CliError, MissingDependency
 from .optimize import add_dynamic, dynamic_shapes
-from .outputs import claim, write_json_file
+from .outputs import claim, write_json_file, write_via
 from .reports import conversion_summary, dense_equivalence_notes, describe_inputs, print_conversion
 
 __all__ = ["register"]
@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(onnx_parser, output_help="the .onnx file to write (required unless --dump-config)")
+    onnx_parser.add_argument("--report", metavar="FILE", help="also write a JSON report here")
     onnx_parser.set_defaults(run=run_onnx)
     trt_parser = targets.add_parser(
         "trt",
@@ -54,6 +55,9 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(trt_parser, output_help="the engine file to write (required unless --dump-config)")
+    trt_parser.add_argument(
+        "--precision", choices=("fp32", "fp16", "bf16"), default="fp16", help="engine precision (default fp16)"
+    )
     trt_parser.set_defaults(run=run_trt)
 
 
@@ -67,7 +71,6 @@ def _common(parser: argparse.ArgumentParser, *, output_help: str) -> None:
         action="store_true",
         help="write the DeltaAttention bodies in place (standard ONNX ops only, no custom node)",
     )
-    parser.add_argument("--report", metavar="FILE", help="also write a JSON report here")
     add_dynamic(parser)
     add_config(parser)
     add_attention(parser)
@@ -176,8 +179,7 @@ def _trt_builder() -> Any:
     if builder is None:
         missing.append(f"the engine builder {TRT_BUILDER}.build_engine (not in this version of delta_opt yet)")
     if missing:
-        verb = "is" if len(missing) == 1 else "are"
-        raise MissingDependency(f"export trt needs {' and '.join(missing)}, which {verb} not installed")
+        raise MissingDependency(f"export trt needs what this installation lacks: {' and '.join(missing)}")
     return builder
 
 
@@ -192,16 +194,22 @@ def run_trt(ctx: Context) -> int:
         raise CliError("-o/--output FILE is required")
     output = claim(args.output, force=args.force)
     assert output is not None
+
+    # The builder's signature is the one the TensorRT issue specifies:
+    # build_engine(onnx_path, engine_path, *, precision, ...); it writes a temporary sibling of the
+    # output, renamed into place here, so an engine file is never half-written or overwritten.
+    def build(onnx_path: Path) -> None:
+        with ctx.console.step(f"building a TensorRT engine ({args.precision})"):
+            write_via(output, lambda tmp: build_engine(onnx_path, tmp, precision=args.precision), force=args.force)
+
     if args.model is not None and args.model.endswith(".onnx"):
         onnx_path = Path(args.model)
         if not onnx_path.is_file():
             raise CliError(f"MODEL file {args.model!r} does not exist")
-        with ctx.console.step(f"building a TensorRT engine from {onnx_path}"):
-            build_engine(onnx_path, output, force=args.force)
+        build(onnx_path)
     else:
         with tempfile.TemporaryDirectory(prefix="delta-opt-trt-") as tmp:
             _, result = _export(ctx, attention, Path(tmp) / "model.onnx", force=False)
-            with ctx.console.step("building a TensorRT engine"):
-                build_engine(result.path, output, force=args.force)
+            build(result.path)
     ctx.console.note(f"wrote {output}")
     return EXIT_OK

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     _quiet_libraries(verbose, quiet)
     context = Context(args, Console(quiet=quiet, verbose=verbose))
-    prefix = f"delta-opt {args.command_name}"
+    prefix = " ".join(["delta-opt", args.command_name, *([args.target] if getattr(args, "target", None) else [])])
     try:
         return args.run(context)
     except CliError as e:

@@ -131,7 +131,12 @@ def test_optimize_writes_program_and_report_then_refuses_then_forces(workdir, ca
 
 def test_export_trt_says_what_is_missing(workdir):
     result = run_cli("export", "trt", "-o", "model.engine", cwd=workdir)
-    assert_one_line_error(result, "export trt needs", "TensorRT >= 10.7", "delta_opt.backends.tensorrt.build_engine")
+    assert_one_line_error(
+        result,
+        "export trt needs what this installation lacks",
+        "TensorRT >= 10.7",
+        "delta_opt.backends.tensorrt.build_engine",
+    )
     assert not (workdir / "model.engine").exists()
 
 

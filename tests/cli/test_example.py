@@ -21,9 +21,19 @@ def test_end_to_end_example_on_the_tiny_model(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for step in ("inspect smollm2_factory:build_tiny", "optimize", "export onnx model.pt2", "inspect model.onnx", "check"):
+    for step in (
+        "inspect smollm2_factory:build_tiny",
+        "optimize",
+        "export onnx model.pt2",
+        "inspect model.onnx",
+        "check",
+    ):
         assert f"$ delta-opt {step}" in proc.stdout
-    assert {"delta-opt.toml", "model.pt2", "model.report.json", "model.onnx", "check.json"} <= {p.name for p in out.iterdir()}
+    assert {"delta-opt.toml", "model.pt2", "model.report.json", "model.onnx", "check.json"} <= {
+        p.name for p in out.iterdir()
+    }
     check = json.loads((out / "check.json").read_text())
     assert check["passed"] is True and check["conversion"]["num_converted"] == 2
-    assert not any("exactly dense" in note for note in check["notes"])  # 512 tokens, window 256, tail 128: rows [256, 384) are beyond the window
+    assert not any(
+        "exactly dense" in note for note in check["notes"]
+    )  # 512 tokens, window 256, tail 128: rows [256, 384) are beyond the window
