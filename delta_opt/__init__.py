@@ -11,11 +11,22 @@ Importing the package registers the op ``delta_opt::delta_attention`` with torch
 """
 
 from .config import DeltaConfig, Impl
+from .plan import Correction, LayerPlan
 from .ops import delta_attention
 
 __version__ = "0.1.0"
 
-__all__ = ["DeltaConfig", "Impl", "Report", "delta_attention", "export_onnx", "optimize", "__version__"]
+__all__ = [
+    "Correction",
+    "DeltaConfig",
+    "Impl",
+    "LayerPlan",
+    "Report",
+    "delta_attention",
+    "export_onnx",
+    "optimize",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

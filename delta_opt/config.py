@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from .plan import Correction, LayerPlan, format_corrections
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["DeltaConfig", "Impl", "default_tail"]
+__all__ = ["Correction", "DeltaConfig", "Impl", "LayerPlan", "default_tail"]
 
 
 class Impl(str, enum.Enum):
@@ -71,6 +73,26 @@ def _glob_tuple(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _layer_plans(value: Any) -> tuple[tuple[int, LayerPlan], ...]:
+    """``{layer: LayerPlan | dict}`` (keys may be strings, as in TOML/JSON) as sorted pairs."""
+    items = value.items() if isinstance(value, Mapping) else value
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        raise ValueError(f"layer_plans must map layer indices to plans; got {value!r}")
+    plans: dict[int, LayerPlan] = {}
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"layer_plans must map layer indices to plans; got item {item!r}")
+        key, plan = item
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"layer_plans keys must be layer indices (integers >= 0); got {key!r}") from None
+        if index < 0 or isinstance(key, bool):
+            raise ValueError(f"layer_plans keys must be layer indices (integers >= 0); got {key!r}")
+        plans[index] = plan if isinstance(plan, LayerPlan) else LayerPlan.from_dict(plan)
+    return tuple(sorted(plans.items()))
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     # bool is an int subclass; `window=True` is a bug, not a window of 1.
     if isinstance(value, bool) or not isinstance(value, int):
@@ -100,6 +122,11 @@ class DeltaConfig:
             first integer component of its module path (``model.layers.3.self_attn`` -> 3).
         dense_modules: ``fnmatch`` globs over module paths whose attention stays dense, e.g.
             ``"model.layers.0.*"`` or ``"*.cross_attn"``.
+        correction: the rule that corrects rows ``[0, Np)`` (:class:`Correction`): ``paper`` (the
+            default, DESIGN §1), ``none`` (sparse rows stay sparse) or ``taylor`` (see
+            :mod:`delta_opt.plan`).
+        layer_plans: per-layer overrides ``{layer index: LayerPlan}`` — per-head rules and
+            optionally W and G — usually chosen by :func:`delta_opt.calibrate`.
         impl: which eager implementation runs the op (:class:`Impl`; strings are accepted).
     """
 
@@ -110,6 +137,8 @@ class DeltaConfig:
     min_seq_len: int = 0
     dense_layers: tuple[int, ...] = ()
     dense_modules: tuple[str, ...] = ()
+    correction: Correction = Correction.PAPER
+    layer_plans: tuple[tuple[int, LayerPlan], ...] = ()
     impl: Impl = Impl.AUTO
 
     def __post_init__(self) -> None:
@@ -124,6 +153,8 @@ class DeltaConfig:
         object.__setattr__(self, "dense_modules", _glob_tuple("dense_modules", self.dense_modules))
         # Frozen dataclass: coerce a string selector to the enum through object.__setattr__.
         object.__setattr__(self, "impl", Impl.parse(self.impl))
+        object.__setattr__(self, "correction", Correction.parse(self.correction))
+        object.__setattr__(self, "layer_plans", _layer_plans(self.layer_plans))
 
     @property
     def resolved_tail(self) -> int:
@@ -139,13 +170,31 @@ class DeltaConfig:
                 return f"kept dense by config: dense_modules pattern {pattern!r} matches {module!r}"
         return None
 
-    def op_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``delta_opt::delta_attention`` that this config determines."""
+    def plan_for(self, layer: int | None) -> LayerPlan | None:
+        """The calibrated plan of layer ``layer``, if any."""
+        for index, plan in self.layer_plans:
+            if index == layer:
+                return plan
+        return None
+
+    def op_kwargs(self, layer: int | None = None, heads: int | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``delta_opt::delta_attention`` for a site of layer ``layer``.
+
+        A layer plan's per-head rules apply only when ``heads`` (the site's query heads) matches
+        their count; otherwise the config's rule is used (a plan made for another model).
+        """
+        plan = self.plan_for(layer)
+        window = plan.window if plan is not None and plan.window is not None else self.window
+        stride = plan.stride if plan is not None and plan.stride is not None else self.stride
+        correction = self.correction.value
+        if plan is not None and plan.corrections and heads == len(plan.corrections):
+            correction = format_corrections(plan.corrections)
         return {
-            "window": self.window,
+            "window": window,
             "sinks": self.sinks,
-            "stride": self.stride,
-            "tail": self.resolved_tail,
+            "stride": stride,
+            "tail": default_tail(stride) if self.tail is None else self.tail,
+            "correction": correction,
             "impl": self.impl.value,
         }
 
@@ -160,7 +209,9 @@ class DeltaConfig:
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, enum.Enum):
+            if field.name == "layer_plans":
+                value = {str(index): plan.to_dict() for index, plan in value}
+            elif isinstance(value, enum.Enum):
                 value = value.value
             elif isinstance(value, tuple):
                 value = list(value)

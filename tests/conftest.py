@@ -14,8 +14,10 @@ from hypothesis import settings
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# CI has 2 cores; more threads only add contention between pytest-xdist workers.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# CI has 2 cores. Under pytest-xdist each worker gets one thread: two workers with two OpenMP
+# threads each make the threads spin against each other, and small ops take milliseconds.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
 
 settings.register_profile("ci", deadline=None, print_blob=True)
 settings.load_profile("ci")

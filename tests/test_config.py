@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import delta_opt
 from delta_opt import DeltaConfig, Impl
 
 
@@ -106,3 +107,52 @@ def test_from_toml_errors(tmp_path):
     bad.write_text("window = 3")
     with pytest.raises(ValueError, match=r"has no \[attention\] table"):
         DeltaConfig.from_toml(bad, table="attention")
+
+
+def test_correction_field_and_layer_plans():
+    from delta_opt import Correction, LayerPlan
+
+    config = DeltaConfig(
+        correction="taylor",
+        layer_plans={"3": {"corrections": ["none", "taylor"], "stride": 32}, 0: LayerPlan(window=64)},
+    )
+    assert config.correction is Correction.TAYLOR
+    assert config.plan_for(3) == LayerPlan(corrections=(Correction.NONE, Correction.TAYLOR), stride=32)
+    assert config.plan_for(7) is None
+    # Round trips through plain data (JSON/TOML keys are strings).
+    data = config.to_dict()
+    assert data["layer_plans"] == {"0": {"corrections": [], "window": 64}, "3": {"corrections": ["none", "taylor"], "stride": 32}}
+    assert DeltaConfig.from_dict(data) == config
+    hash(config)  # still hashable
+
+
+def test_op_kwargs_follow_the_layer_plan():
+    config = DeltaConfig(window=128, stride=16, correction="paper", layer_plans={2: {"corrections": ["none", "taylor"], "window": 64, "stride": 256}})
+    assert config.op_kwargs(0, 2)["correction"] == "paper"
+    layer2 = config.op_kwargs(2, 2)
+    assert (layer2["window"], layer2["stride"], layer2["tail"], layer2["correction"]) == (64, 256, 256, "none,taylor")
+    # A plan for another head count is not applied per head (a plan made for another model).
+    assert config.op_kwargs(2, 4)["correction"] == "paper"
+
+
+@pytest.mark.parametrize(
+    ("plans", "message"),
+    [
+        ({"x": {}}, "layer_plans keys must be layer indices"),
+        ({-1: {}}, "layer_plans keys must be layer indices"),
+        ({1: {"corrections": ["fast"]}}, "correction must be one of"),
+        ({1: {"stride": 0}}, "stride must be an integer >= 1 or None"),
+        ({1: {"strides": 4}}, "unknown layer plan key"),
+        ("taylor", "layer_plans must map layer indices"),
+    ],
+)
+def test_bad_layer_plans(plans, message):
+    with pytest.raises(ValueError, match=message):
+        DeltaConfig(layer_plans=plans)
+
+
+def test_layer_plans_from_toml(tmp_path):
+    path = tmp_path / "delta-opt.toml"
+    path.write_text('window = 128\ncorrection = "taylor"\n\n[layer_plans.4]\ncorrections = ["none", "paper"]\nstride = 8\n')
+    config = DeltaConfig.from_toml(path)
+    assert config.plan_for(4).corrections == (delta_opt.Correction.NONE, delta_opt.Correction.PAPER)

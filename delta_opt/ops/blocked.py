@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..plan import Correction, parse_corrections
 from .checks import AttentionShape, check_inputs, num_corrected_rows, resolve_scale, resolve_tail
+from .long_range import attend_with_lse, long_range_stats, taylor_mix
 
 __all__ = ["delta_attention_blocked", "default_block_size"]
 
@@ -155,8 +157,10 @@ def _sparse_rows(
     sinks: int,
     scale: float,
     block: int,
+    lse: torch.Tensor | None = None,
 ) -> None:
-    """Sliding-window + sink attention for rows ``[0, n_rows)``, written into ``out[:, :, :n_rows]``.
+    """Sliding-window + sink attention for rows ``[0, n_rows)``, written into ``out[:, :, :n_rows]``
+    (and their log-normalisers into ``lse[:, :, :n_rows]`` when given).
 
     A query block ``[i0, i1)`` reads the window range ``[lo, hi)`` with ``lo = i0 - W + 1`` and
     ``hi = i1`` (causal) or ``i1 + W - 1``, plus the sinks ``[0, S)`` outside it; the block mask
@@ -197,9 +201,14 @@ def _sparse_rows(
         user = None
         if mask is not None:
             user = _mask_cols(_mask_rows(mask, slice(i0, i1)), cols)
-        out[:, :, i0:i1] = _attend(
-            q[:, :, i0:i1].to(dtype), kb.to(dtype), vb.to(dtype), _sdpa_mask(structural, user, dtype), scale, gqa
-        )
+        block_mask = _sdpa_mask(structural, user, dtype)
+        qb, kb, vb = q[:, :, i0:i1].to(dtype), kb.to(dtype), vb.to(dtype)
+        if lse is None:
+            out[:, :, i0:i1] = _attend(qb, kb, vb, block_mask, scale, gqa)
+        else:
+            if block_mask.dtype == torch.bool:
+                block_mask = _additive(block_mask, dtype)
+            out[:, :, i0:i1], lse[:, :, i0:i1] = attend_with_lse(qb, kb, vb, block_mask, scale)
 
 
 def _rows_with_keys(mask: torch.Tensor, n_rows: int, causal: bool) -> torch.Tensor:
@@ -240,6 +249,7 @@ def delta_attention_blocked(
     stride: int,
     tail: int | None = None,
     scale: float | None = None,
+    correction: str = "paper",
     block_size: int | None = None,
 ) -> torch.Tensor:
     """Delta Attention in O(N (W + S) + N^2 / G) time and O(N) extra memory beyond the output.
@@ -247,17 +257,20 @@ def delta_attention_blocked(
     Args:
         q: [B, Hq, Nq, D]; k: [B, Hkv, Nk, D]; v: [B, Hkv, Nk, Dv]; ``Hq % Hkv == 0``.
         attn_mask: bool (True = may attend) or additive float, broadcastable to [B, Hq, Nq, Nk].
-        causal, window, sinks, stride, tail, scale: as in :func:`delta_attention_reference`.
+        causal, window, sinks, stride, tail, scale, correction: as in
+            :func:`delta_attention_reference`.
         block_size: queries per block of the sparse pass (default :func:`default_block_size`).
 
     Returns:
         [B, Hq, Nq, Dv] in the dtype of q, equal to the reference up to rounding.
     """
     shape: AttentionShape = check_inputs(
-        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale
+        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
+        correction=correction,
     )
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be an integer >= 1 or None; got {block_size!r}")
+    rules = parse_corrections(correction, shape.q_heads)
     scale = resolve_scale(scale, shape.head_dim)
     tail = resolve_tail(tail, stride)
     dtype = _compute_dtype(q.dtype)
@@ -270,43 +283,86 @@ def delta_attention_blocked(
     all_dense = (
         shape.q_len != shape.kv_len  # decode step or chunk: dense, bottom-right causal
         or n_corrected == 0  # everything is tail
-        or stride == 1  # every row is its own anchor
         or window >= n  # the window already covers every pair
+        # every row is its own anchor: paper and taylor then equal dense ("none" stays sparse)
+        or (stride == 1 and Correction.NONE not in rules)
     )
-    dense_kwargs = dict(causal=causal, offset=shape.kv_len - shape.q_len, scale=scale, dtype=dtype)
     if all_dense:
         rows = torch.arange(n, device=q.device)
-        return _dense_rows(q, k, v, mask, rows, **dense_kwargs).to(q.dtype)
+        offset = shape.kv_len - shape.q_len
+        return _dense_rows(q, k, v, mask, rows, causal=causal, offset=offset, scale=scale, dtype=dtype).to(q.dtype)
 
-    out = q.new_empty(shape.batch, shape.q_heads, n, shape.value_dim, dtype=dtype)
-    # Dense rows: the anchors 0, G, ..., Np - G and the tail [Np, N), in one pass.
-    dense_rows = torch.cat(
-        [torch.arange(0, n_corrected, stride, device=q.device), torch.arange(n_corrected, n, device=q.device)]
+    params = dict(
+        n_corrected=n_corrected, causal=causal, window=window, sinks=sinks, stride=stride, scale=scale,
+        dtype=dtype, block=block_size or default_block_size(window),
     )
-    dense = _dense_rows(q, k, v, mask, dense_rows, **dense_kwargs)
-    n_anchors = n_corrected // stride
-    out[:, :, n_corrected:] = dense[:, :, n_anchors:]
-
-    _sparse_rows(
-        q,
-        k,
-        v,
-        mask,
-        out,
-        n_rows=n_corrected,
-        causal=causal,
-        window=window,
-        sinks=sinks,
-        scale=scale,
-        block=block_size or default_block_size(window),
-    )
-    # O(i) = O_s(i) + O_d(a) - O_s(a): one delta per anchor, broadcast over its G rows.
-    corrected = out[:, :, :n_corrected].unflatten(2, (n_anchors, stride))
-    delta = dense[:, :, :n_anchors] - corrected[:, :, :, 0]
-    corrected += delta.unsqueeze(3)
+    if len(set(rules)) == 1:
+        out = _delta_one_rule(q, k, v, mask, rules[0], **params)
+    else:
+        # A per-head plan: run each rule on the query heads of one kv head that use it, so that
+        # no head pays for a rule it does not use and K/V are still read, not repeated.
+        out = q.new_empty(shape.batch, shape.q_heads, n, shape.value_dim, dtype=dtype)
+        for kv_head in range(shape.kv_heads):
+            heads = range(kv_head * shape.group, (kv_head + 1) * shape.group)
+            for rule in dict.fromkeys(rules[h] for h in heads):
+                idx = torch.tensor([h for h in heads if rules[h] is rule], device=q.device)
+                head_mask = mask if mask is None or mask.shape[1] == 1 else mask.index_select(1, idx)
+                kv = slice(kv_head, kv_head + 1)
+                out[:, idx] = _delta_one_rule(q.index_select(1, idx), k[:, kv], v[:, kv], head_mask, rule, **params)
 
     if mask is not None:
         # A row with no visible key outputs zeros, correction included (DESIGN §1).
         has_key = _rows_with_keys(mask, n_corrected, causal)
         out[:, :, :n_corrected] = torch.where(has_key, out[:, :, :n_corrected], 0.0)
     return out.to(q.dtype)
+
+
+def _delta_one_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    rule: Correction,
+    *,
+    n_corrected: int,
+    causal: bool,
+    window: int,
+    sinks: int,
+    stride: int,
+    scale: float,
+    dtype: torch.dtype,
+    block: int,
+) -> torch.Tensor:
+    """Delta Attention of every head of q under one correction rule; [B, Hq, N, Dv] in ``dtype``."""
+    B, Hq, n, _ = q.shape
+    out = q.new_empty(B, Hq, n, v.shape[3], dtype=dtype)
+    n_anchors = n_corrected // stride
+    anchors = torch.arange(0, n_corrected, stride, device=q.device)
+    tail_rows = torch.arange(n_corrected, n, device=q.device)
+    dense_kwargs = dict(causal=causal, offset=0, scale=scale, dtype=dtype)
+    sparse_kwargs = dict(n_rows=n_corrected, causal=causal, window=window, sinks=sinks, scale=scale, block=block)
+
+    if rule is Correction.PAPER:
+        # Dense rows: the anchors 0, G, ..., Np - G and the tail [Np, N), in one pass.
+        dense = _dense_rows(q, k, v, mask, torch.cat([anchors, tail_rows]), **dense_kwargs)
+        out[:, :, n_corrected:] = dense[:, :, n_anchors:]
+        _sparse_rows(q, k, v, mask, out, **sparse_kwargs)
+        # O(i) = O_s(i) + O_d(a) - O_s(a): one delta per anchor, broadcast over its G rows.
+        corrected = out[:, :, :n_corrected].unflatten(2, (n_anchors, stride))
+        delta = dense[:, :, :n_anchors] - corrected[:, :, :, 0]
+        corrected += delta.unsqueeze(3)
+        return out
+
+    out[:, :, n_corrected:] = _dense_rows(q, k, v, mask, tail_rows, **dense_kwargs)
+    if rule is Correction.NONE:
+        _sparse_rows(q, k, v, mask, out, **sparse_kwargs)
+        return out
+
+    lse_s = q.new_empty(B, Hq, n_corrected, dtype=dtype)
+    _sparse_rows(q, k, v, mask, out, **sparse_kwargs, lse=lse_s)
+    stats = long_range_stats(
+        q, k, v, mask, anchors, causal=causal, window=window, sinks=sinks, scale=scale, dtype=dtype,
+        chunk_elements=_DENSE_CHUNK_ELEMENTS,
+    )
+    taylor_mix(out[:, :, :n_corrected], lse_s, q[:, :, :n_corrected], *stats, stride=stride, scale=scale)
+    return out

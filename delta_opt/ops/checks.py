@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import default_tail
+from ..plan import parse_corrections
 
 __all__ = ["AttentionShape", "check_inputs", "resolve_scale", "resolve_tail"]
 
@@ -58,6 +59,7 @@ def check_inputs(
     stride: int,
     tail: int | None,
     scale: float | None,
+    correction: str = "paper",
 ) -> AttentionShape:
     """Validate the arguments of ``delta_attention`` and return their sizes.
 
@@ -106,6 +108,7 @@ def check_inputs(
     if scale is not None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"scale must be a finite float or None (1/sqrt(D)); got {scale!r}")
+    parse_corrections(correction, Hq)
     return AttentionShape(B, Hq, Hkv, Nq, Nk, D, Dv)
 
 

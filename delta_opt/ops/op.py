@@ -8,11 +8,12 @@ implementation named by ``impl``: ``auto`` resolves by device (see :func:`resolv
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 
 from ..config import Impl
+from ..plan import Correction, format_corrections
 from .blocked import delta_attention_blocked
 from .checks import check_inputs
 from .reference import delta_attention_reference
@@ -24,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 _SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor? attn_mask=None, *, bool causal, int window=2048, "
-    "int sinks=1024, int stride=64, int? tail=None, float? scale=None, str impl=\"auto\") -> Tensor"
+    "int sinks=1024, int stride=64, int? tail=None, float? scale=None, str correction=\"paper\", "
+    "str impl=\"auto\") -> Tensor"
 )
 
 
@@ -42,6 +44,7 @@ class Implementation(Protocol):
         stride: int,
         tail: int | None,
         scale: float | None,
+        correction: str,
     ) -> torch.Tensor: ...
 
 
@@ -99,11 +102,15 @@ def _delta_attention_op(
     stride: int = 64,
     tail: int | None = None,
     scale: float | None = None,
+    correction: str = "paper",
     impl: str = "auto",
 ) -> torch.Tensor:
     chosen = resolve_impl(impl, q.device)
     fn = _IMPLS[chosen][0]
-    return fn(q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale)
+    return fn(
+        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
+        correction=correction,
+    )
 
 
 @_delta_attention_op.register_fake
@@ -119,10 +126,14 @@ def _delta_attention_fake(
     stride: int = 64,
     tail: int | None = None,
     scale: float | None = None,
+    correction: str = "paper",
     impl: str = "auto",
 ) -> torch.Tensor:
     # Validate while tracing too, so a bad site fails at export time, not at run time.
-    check_inputs(q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale)
+    check_inputs(
+        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
+        correction=correction,
+    )
     Impl.parse(impl)
     return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
 
@@ -139,6 +150,7 @@ def delta_attention(
     stride: int = 64,
     tail: int | None = None,
     scale: float | None = None,
+    correction: Correction | str | Sequence[Correction | str] = Correction.PAPER,
     impl: Impl | str = Impl.AUTO,
 ) -> torch.Tensor:
     """Delta Attention (DESIGN §1): sliding window + sinks, corrected on every G-th row.
@@ -154,12 +166,23 @@ def delta_attention(
         stride: G >= 1, every G-th row is an anchor computed densely.
         tail: T >= 0 final rows computed densely; None means ``max(128, stride)``.
         scale: softmax scale; None means ``1/sqrt(D)``.
+        correction: how rows before the dense tail are corrected (:class:`~delta_opt.Correction`):
+            ``"paper"`` (DESIGN §1, the default), ``"none"`` or ``"taylor"`` (see
+            :mod:`delta_opt.plan`) — one rule, or one per query head (a sequence, or a
+            comma-separated string).
         impl: ``"auto"``, ``"reference"``, ``"blocked"`` or ``"triton"``.
 
     Returns:
         [B, Hq, Nq, Dv], dtype of q. When Nq != Nk (decode steps) the result is dense attention.
     """
-    check_inputs(q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale)
+    if not isinstance(correction, str):
+        correction = format_corrections(correction)
+    elif isinstance(correction, Correction):
+        correction = correction.value
+    check_inputs(
+        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
+        correction=correction,
+    )
     impl = Impl.parse(impl)
     return torch.ops.delta_opt.delta_attention(
         q,
@@ -172,5 +195,6 @@ def delta_attention(
         stride=stride,
         tail=tail,
         scale=None if scale is None else float(scale),
+        correction=correction,
         impl=impl.value,
     )

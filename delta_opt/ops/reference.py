@@ -11,9 +11,13 @@ Semantics, for query row i and key j (Nq == Nk == N):
 - sparse(i, j) = dense(i, j) and (|i - j| < W or j < S)
 - O_d, O_s: softmax attention restricted to dense / sparse keys; a row with no key gives 0
 - Np = max(0, floor((N - T) / G) * G)
-- i <  Np: O(i) = O_s(i) + O_d(a) - O_s(a), a = G * floor(i / G)
+- i <  Np: O(i) = O_s(i) + O_d(a) - O_s(a), a = G * floor(i / G)   (correction "paper")
 - i >= Np: O(i) = O_d(i)
 - a row with no dense key outputs zeros, correction included.
+
+Other correction rules (``correction=``, one per query head or one for all; :mod:`delta_opt.plan`):
+"none" keeps O_s(i) for i < Np; "taylor" mixes O_s(i) with the anchor's long-range output
+O_r(a), weighted by sigmoid(l_r(a) + s (q_i - q_a) . mu(a) - l_s(i)).
 
 A float ``attn_mask`` is added to the scores; its ``-inf`` entries are keys that may not be
 attended. When Nq != Nk (decode steps, chunked prefill) the result is dense attention with the
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from ..plan import Correction, parse_corrections
 from .checks import check_inputs, num_corrected_rows, resolve_scale, resolve_tail
 
 __all__ = ["delta_attention_reference", "masked_attention"]
@@ -56,6 +61,7 @@ def delta_attention_reference(
     stride: int,
     tail: int | None = None,
     scale: float | None = None,
+    correction: str = "paper",
 ) -> torch.Tensor:
     """Delta Attention exactly as specified, computed in the dtype of ``q``.
 
@@ -64,13 +70,16 @@ def delta_attention_reference(
         attn_mask: bool (True = may attend) or additive float, broadcastable to [B, Hq, Nq, Nk].
         causal, window, sinks, stride, tail, scale: see DESIGN §1; ``tail=None`` is
             ``max(128, stride)``, ``scale=None`` is ``1/sqrt(D)``.
+        correction: "paper", "none" or "taylor", or a comma-separated list, one per query head.
 
     Returns:
         [B, Hq, Nq, Dv] in the dtype of q.
     """
     shape = check_inputs(
-        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale
+        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
+        correction=correction,
     )
+    rules = parse_corrections(correction, shape.q_heads)
     scale = resolve_scale(scale, shape.head_dim)
     tail = resolve_tail(tail, stride)
     n_q, n_k = shape.q_len, shape.kv_len
@@ -101,10 +110,28 @@ def delta_attention_reference(
     out_sparse = masked_attention(scores, sparse, v)
 
     n_corrected = num_corrected_rows(n, stride, tail)
-    out = out_dense.clone()
     rows = torch.arange(n_corrected, device=q.device)
     anchors = (rows // stride) * stride
-    out[:, :, rows] = out_sparse[:, :, rows] + out_dense[:, :, anchors] - out_sparse[:, :, anchors]
+    corrected = {
+        Correction.PAPER: out_sparse[:, :, rows] + out_dense[:, :, anchors] - out_sparse[:, :, anchors],
+        Correction.NONE: out_sparse[:, :, rows],
+    }
+    if Correction.TAYLOR in rules:
+        far = dense & ~sparse  # the long-range keys: dense may see them, sparse may not
+        out_far = masked_attention(scores, far, v)
+        mean_key = masked_attention(scores, far, k)
+        lse_far = scores.masked_fill(~far, float("-inf")).logsumexp(dim=-1)
+        lse_sparse = scores.masked_fill(~sparse, float("-inf")).logsumexp(dim=-1)
+        # First-order estimate of row i's long-range log-normaliser, from its anchor.
+        step = ((q[:, :, rows] - q[:, :, anchors]) * mean_key[:, :, anchors]).sum(-1)
+        estimate = lse_far[:, :, anchors] + scale * step
+        weight = torch.sigmoid(estimate - lse_sparse[:, :, rows])
+        weight = torch.where(torch.isinf(lse_far[:, :, anchors]), 0.0, weight).unsqueeze(-1)
+        corrected[Correction.TAYLOR] = (1 - weight) * out_sparse[:, :, rows] + weight * out_far[:, :, anchors]
+
+    out = out_dense.clone()
+    for h, rule in enumerate(rules):
+        out[:, h, rows] = corrected[rule][:, h]
 
     has_key = dense.any(dim=-1, keepdim=True)
     return torch.where(has_key, out, torch.zeros_like(out))

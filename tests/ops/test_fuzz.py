@@ -16,6 +16,8 @@ def cases(draw):
     n = draw(st.integers(1, 96))
     kv_heads = draw(st.sampled_from([1, 2, 3]))
     group = draw(st.sampled_from([1, 2, 4]))
+    rules = st.sampled_from(["paper", "none", "taylor"])
+    correction = draw(st.one_of(rules, st.lists(rules, min_size=kv_heads * group, max_size=kv_heads * group)))
     # Sizes chosen to cross N: windows, sinks and tails both inside and beyond the sequence.
     return dict(
         n=n,
@@ -31,6 +33,7 @@ def cases(draw):
         tail=draw(st.one_of(st.none(), st.integers(0, n + 8))),
         block_size=draw(st.one_of(st.none(), st.integers(1, 40))),
         seed=draw(st.integers(0, 2**16)),
+        correction=correction if isinstance(correction, str) else ",".join(correction),
     )
 
 
@@ -46,7 +49,7 @@ def test_blocked_matches_reference_float64(case):
         mask=case["mask"],
         seed=case["seed"],
     )
-    params = {key: case[key] for key in ("causal", "window", "sinks", "stride", "tail")}
+    params = {key: case[key] for key in ("causal", "window", "sinks", "stride", "tail", "correction")}
     expected = delta_attention_reference(x.q, x.k, x.v, x.attn_mask, **params)
     got = delta_attention_blocked(x.q, x.k, x.v, x.attn_mask, **params, block_size=case["block_size"])
     assert not got.isnan().any()

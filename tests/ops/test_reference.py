@@ -25,7 +25,17 @@ def _row_attention(q_i, k, v, visible, bias):
     return sum(w * v[j] for w, j in zip(weights, idx))
 
 
-def _loop_oracle(q, k, v, mask, *, causal, window, sinks, stride, tail):
+def _row_lse_and_mean_key(q_i, k, visible, bias):
+    """log-sum-exp of one row's scores over the visible keys, and the softmax-weighted mean key."""
+    idx = [j for j in range(k.shape[0]) if visible[j]]
+    if not idx:
+        return float("-inf"), torch.zeros(k.shape[1], dtype=k.dtype)
+    scores = torch.stack([q_i @ k[j] + bias[j] for j in idx])
+    weights = torch.softmax(scores, dim=0)
+    return torch.logsumexp(scores, dim=0), sum(w * k[j] for w, j in zip(weights, idx))
+
+
+def _loop_oracle(q, k, v, mask, *, causal, window, sinks, stride, tail, rules=None):
     B, Hq, N, D = q.shape
     group = Hq // k.shape[1]
     scale = 1 / math.sqrt(D)
@@ -49,15 +59,31 @@ def _loop_oracle(q, k, v, mask, *, causal, window, sinks, stride, tail):
             for i in range(N):
                 if not any(dense(i)):
                     continue  # stays zero
+                rule = "paper" if rules is None else rules[h]
                 if i >= n_corrected:
                     out[b, h, i] = _row_attention(q[b, h, i], kh, vh, dense(i), bias[i])
-                else:
+                elif rule == "none":
+                    out[b, h, i] = _row_attention(q[b, h, i], kh, vh, sparse(i), bias[i])
+                elif rule == "paper":
                     a = stride * (i // stride)
                     out[b, h, i] = (
                         _row_attention(q[b, h, i], kh, vh, sparse(i), bias[i])
                         + _row_attention(q[b, h, a], kh, vh, dense(a), bias[a])
                         - _row_attention(q[b, h, a], kh, vh, sparse(a), bias[a])
                     )
+                else:  # taylor: the mixing written out for one row (kh is already scaled)
+                    a = stride * (i // stride)
+                    far_a = [d and not s for d, s in zip(dense(a), sparse(a))]
+                    lse_far, mean_key = _row_lse_and_mean_key(q[b, h, a], kh, far_a, bias[a])
+                    lse_own, _ = _row_lse_and_mean_key(q[b, h, i], kh, sparse(i), bias[i])
+                    own = _row_attention(q[b, h, i], kh, vh, sparse(i), bias[i])
+                    if lse_far == float("-inf"):
+                        out[b, h, i] = own
+                        continue
+                    # mean_key is a mean of scaled keys: (q_i - q_a) . mean_key = s (q_i - q_a) . mu
+                    estimate = lse_far + (q[b, h, i] - q[b, h, a]) @ mean_key
+                    w = torch.sigmoid(torch.as_tensor(estimate - lse_own, dtype=q.dtype))
+                    out[b, h, i] = (1 - w) * own + w * _row_attention(q[b, h, a], kh, vh, far_a, bias[a])
     return out
 
 
@@ -73,6 +99,17 @@ def test_reference_matches_row_by_row_reading_of_the_spec(causal, mask, n, windo
     params = dict(causal=causal, window=window, sinks=sinks, stride=stride, tail=tail)
     expected = _loop_oracle(x.q, x.k, x.v, x.attn_mask, **params)
     got = delta_attention_reference(x.q, x.k, x.v, x.attn_mask, **params)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("mask", ["none", "additive", "key_padding"])
+@pytest.mark.parametrize("rules", [("taylor",) * 4, ("none",) * 4, ("taylor", "none", "paper", "taylor")])
+def test_reference_correction_rules_match_row_by_row_reading(causal, mask, rules):
+    x = make_inputs(batch=1, q_heads=4, kv_heads=2, n=29, head_dim=8, value_dim=5, mask=mask, seed=5)
+    params = dict(causal=causal, window=4, sinks=2, stride=5, tail=3)
+    expected = _loop_oracle(x.q, x.k, x.v, x.attn_mask, **params, rules=rules)
+    got = delta_attention_reference(x.q, x.k, x.v, x.attn_mask, **params, correction=",".join(rules))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 

@@ -63,8 +63,14 @@ class Translation:
             stride: int = 64,
             tail: int | None = None,
             scale: float | None = None,
+            correction: str = "paper",
             impl: str = "auto",
         ) -> Any:
+            if correction != "paper":
+                raise ExportError(
+                    f"correction={correction!r}: the DeltaAttention function body implements the paper's rule only; "
+                    "export this model with correction='paper' or keep it in PyTorch"
+                )
             return self.translate(
                 q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale
             )

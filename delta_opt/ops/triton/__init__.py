@@ -22,6 +22,7 @@ import os
 import torch
 
 from ...config import Impl
+from ...plan import Correction, parse_corrections
 from ..blocked import delta_attention_blocked
 from ..checks import check_inputs, resolve_scale, resolve_tail
 from .launch import BlockConfig, unsupported_reason
@@ -69,6 +70,7 @@ def delta_attention_triton(
     stride: int,
     tail: int | None = None,
     scale: float | None = None,
+    correction: str = "paper",
     blocks: BlockConfig | None = None,
 ) -> torch.Tensor:
     """Delta Attention (DESIGN §1) with the fused Triton kernels.
@@ -84,13 +86,16 @@ def delta_attention_triton(
         [B, Hq, Nq, Dv] in the dtype of q, computed with fp32 accumulation (fp64 for fp64).
     """
     shape = check_inputs(
-        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale
+        q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
+        correction=correction,
     )
     params = dict(causal=causal, window=window, sinks=sinks, stride=stride, tail=resolve_tail(tail, stride))
     reason = unsupported_reason(q, k, v, attn_mask, interpret=q.device.type == "cpu" or interpreter_enabled())
+    if reason is None and set(parse_corrections(correction, shape.q_heads)) != {Correction.PAPER}:
+        reason = f"correction={correction!r}: the kernels implement the paper's rule only"
     if reason is not None:
         _log_fallback_once(reason)
-        return delta_attention_blocked(q, k, v, attn_mask, **params, scale=scale)
+        return delta_attention_blocked(q, k, v, attn_mask, **params, scale=scale, correction=correction)
     from .forward import run_kernels  # imports Triton and the kernels on first use
 
     return run_kernels(q, k, v, attn_mask, shape, **params, scale=resolve_scale(scale, shape.head_dim), blocks=blocks)

@@ -16,7 +16,7 @@ from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 
 from ...config import DeltaConfig
-from .graph import GraphContext
+from .graph import GraphContext, layer_index
 from .masks import MaskPlan, MaskTerm
 from .operands import Operand
 from .site import AttentionSite
@@ -157,7 +157,10 @@ def emit_site(gm: GraphModule, site: AttentionSite, plan: MaskPlan, config: Delt
     try:
         q, k, v = em.operand(site.q), em.operand(site.k), em.operand(site.v)
         mask = em.mask(plan.terms, site.q)
-        kwargs = {"causal": plan.causal, "scale": float(site.scale), **config.op_kwargs()}
+        # A calibrated layer plan applies per query head, so only where the heads are known.
+        heads = site.q.shape[1] if not site.q.merged and isinstance(site.q.shape[1], int) else None
+        layer_kwargs = config.op_kwargs(layer_index(site.module), heads)
+        kwargs = {"causal": plan.causal, "scale": float(site.scale), **layer_kwargs}
         op = em.call(OP, (q, k, v, mask), kwargs)  # the op's own checks run here, on fake tensors
         out = em.output(op, site.q)
     except Exception as e:  # nothing is wired in yet: take the new nodes out again
