@@ -13,6 +13,7 @@ import sys
 from typing import Any, NoReturn
 
 from ..config import Impl
+from ..plan import Correction
 from .errors import EXIT_BAD_INPUT
 from .settings import TABLES
 
@@ -195,8 +196,20 @@ def add_attention(parser: argparse.ArgumentParser) -> None:
         metavar="GLOB",
         help="module-path globs kept dense",
     )
-    add("--impl", dest="attention.impl", choices=[i.value for i in Impl], default=argparse.SUPPRESS,
-        help="eager implementation of the op (default auto)")  # fmt: skip
+    add(
+        "--correction",
+        dest="attention.correction",
+        choices=[c.value for c in Correction],
+        default=argparse.SUPPRESS,
+        help="the rule correcting the sparse rows (default paper); per-layer plans go in [attention.layer_plans]",
+    )
+    add(
+        "--impl",
+        dest="attention.impl",
+        choices=[i.value for i in Impl],
+        default=argparse.SUPPRESS,
+        help="eager implementation of the op (default auto)",
+    )
 
 
 def add_output(parser: argparse.ArgumentParser, *, required: bool, help: str) -> None:

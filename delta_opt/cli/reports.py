@@ -49,24 +49,30 @@ def dense_equivalence_notes(report: Any, config: DeltaConfig) -> list[str]:
 
     Causal attention is exactly dense when no sparse row exists (``Np = 0``) or every sparse row
     sees all its keys (``Np <= window``); bidirectional when ``Np = 0`` or ``N <= window``; any
-    attention when ``stride = 1``. A fidelity number measured there says nothing about the
+    attention when ``stride = 1`` under the paper's correction. A fidelity number measured there says nothing about the
     sparse approximation, so the commands say so.
     """
-    lengths: dict[int, int] = {}
+    lengths: dict[tuple[int, int, int, int], int] = {}
     for site in report.converted:
         n = site.q_shape[2] if site.q_shape else None
         if not isinstance(n, int):
             continue  # a dynamic length: decided at run time
-        rows = num_corrected_rows(n, config.stride, config.resolved_tail)
+        # The parameters the site got: a layer plan may override window and stride.
+        heads = site.heads if isinstance(site.heads, int) else None
+        kw = config.op_kwargs(site.layer, heads)
+        rows = num_corrected_rows(n, kw["stride"], kw["tail"])
         reach = rows if site.causal else n
-        if rows == 0 or reach <= config.window or config.stride == 1:
-            lengths[n] = lengths.get(n, 0) + 1
+        # Stride 1 makes every row an anchor, which the paper's rule sets to its dense output.
+        anchors_only = kw["stride"] == 1 and set(kw["correction"].split(",")) == {"paper"}
+        if rows == 0 or reach <= kw["window"] or anchors_only:
+            key = (n, kw["window"], kw["stride"], kw["tail"])
+            lengths[key] = lengths.get(key, 0) + 1
     notes = []
-    for n, count in sorted(lengths.items()):
+    for (n, window, stride, tail), count in sorted(lengths.items()):
         notes.append(
             f"{count} converted site(s) at N = {n} compute exactly dense attention with window "
-            f"{config.window}, stride {config.stride}, tail {config.resolved_tail}: the sparse "
-            "approximation is not exercised at this length (use a longer --seq-len or a smaller window)"
+            f"{window}, stride {stride}, tail {tail}: the sparse approximation is not exercised at "
+            "this length (use a longer --seq-len or a smaller window)"
         )
     return notes
 

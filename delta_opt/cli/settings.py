@@ -2,8 +2,8 @@
 
 The config file has one table per concern; every key is optional::
 
-    [attention]          # DeltaConfig: window, sinks, stride, tail, min_seq_len, dense_layers, dense_modules, impl
-    window = 256
+    [attention]          # DeltaConfig: window, sinks, stride, tail, min_seq_len, dense_layers,
+    window = 256         #   dense_modules, correction, impl; per-layer plans: [attention.layer_plans.<layer>]
     [inputs]             # generated inputs: seq_len, batch, seed
     seq_len = 1024
     [check]              # `delta-opt check` thresholds (false = not checked)
@@ -292,6 +292,27 @@ def _unset_note(table: str, key: str) -> str:
     return "unset"
 
 
+def _toml_table(header: str, values: Mapping[str, Any], off: set[str], unset: Any) -> list[str]:
+    """``[header]`` with its plain keys, then its sub-tables as ``[header.key]`` (TOML's order)."""
+    lines = [f"\n[{header}]"]
+    tables = []
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            if value:
+                tables.append((key, value))
+            else:
+                lines.append(f"{key} = {{}}")
+        elif value is None and key in off:
+            lines.append(f"{key} = false  # not checked")
+        elif value is None:
+            lines.append(f"# {key}: {unset(key)}")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in tables:
+        lines += _toml_table(f"{header}.{key}", value, set(), lambda k: "unset")
+    return lines
+
+
 def dump(tables: Mapping[str, Any], fmt: str = "toml", *, source: str = "") -> str:
     """The settings objects in ``tables`` as TOML (``false`` = threshold off, unset keys as
     comments) or JSON (``null`` for both)."""
@@ -302,13 +323,5 @@ def dump(tables: Mapping[str, Any], fmt: str = "toml", *, source: str = "") -> s
         raise ValueError(f"fmt must be 'toml' or 'json'; got {fmt!r}")
     lines = [f"# effective configuration: {source}"] if source else []
     for name, values in plain.items():
-        lines.append(f"\n[{name}]")
-        off = _off_keys(name)
-        for key, value in values.items():
-            if value is None and key in off:
-                lines.append(f"{key} = false  # not checked")
-            elif value is None:
-                lines.append(f"# {key}: {_unset_note(name, key)}")
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
+        lines += _toml_table(name, values, _off_keys(name), lambda key, name=name: _unset_note(name, key))
     return "\n".join(lines).lstrip("\n") + "\n"

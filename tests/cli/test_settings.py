@@ -58,6 +58,23 @@ def test_toml_dump_round_trips(tmp_path, capsys, monkeypatch):
     assert first == second
 
 
+def test_layer_plans_round_trip_as_nested_tables(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = (
+        "[attention]\ncorrection = 'none'\n"
+        "[attention.layer_plans.3]\ncorrections = ['paper', 'none']\nwindow = 128\n"
+        "[attention.layer_plans.0]\ncorrections = []\nstride = 16\n"
+    )
+    _write(tmp_path, text)
+    dumped = _dump(capsys, "inspect", "--dump-config")
+    assert "[attention.layer_plans.3]" in dumped
+    parsed = DeltaConfig.from_dict(tomllib.loads(dumped)["attention"])
+    assert parsed == DeltaConfig.from_dict(tomllib.loads(text)["attention"])
+    assert parsed.plan_for(3).window == 128 and parsed.correction.value == "none"
+    data = json.loads(_dump(capsys, "inspect", "--correction", "taylor", "--dump-config", "json"))
+    assert data["attention"]["correction"] == "taylor" and data["attention"]["layer_plans"]["0"]["stride"] == 16
+
+
 def test_unset_values_are_comments_in_toml():
     text = dump({"attention": DeltaConfig(), "check": CheckSettings()})
     assert "# tail: max(128, stride)" in text
