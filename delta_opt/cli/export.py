@@ -20,7 +20,7 @@ from typing import Any
 from .args import add_attention, add_config, add_logging, add_model, add_output
 from .context import Context
 from .errors import EXIT_OK, CliError, MissingDependency
-from .optimize import add_dynamic, dynamic_shapes
+from .optimize import add_dynamic, check_dynamic_flags, dynamic_shapes
 from .outputs import claim, write_json_file, write_via
 from .reports import conversion_summary, dense_equivalence_notes, describe_inputs, print_conversion
 
@@ -128,6 +128,7 @@ def run_onnx(ctx: Context) -> int:
     output = Path(args.output)
     if output.suffix != ".onnx":
         raise CliError(f"-o {args.output!r}: the ONNX file must end in .onnx")
+    check_dynamic_flags(args)
     claim(output, force=args.force)
     report_file = claim(args.report, force=args.force, what="report")
     loaded, result = _export(ctx, attention, output, force=args.force)
@@ -192,6 +193,7 @@ def run_trt(ctx: Context) -> int:
     args = ctx.args
     if args.output is None:
         raise CliError("-o/--output FILE is required")
+    check_dynamic_flags(args)
     output = claim(args.output, force=args.force)
     assert output is not None
 

@@ -18,7 +18,7 @@ from .errors import EXIT_OK, CliError
 from .outputs import claim, write_json_file, write_via
 from .reports import conversion_summary, dense_equivalence_notes, describe_inputs, print_conversion
 
-__all__ = ["add_dynamic", "register", "report_path", "run"]
+__all__ = ["add_dynamic", "check_dynamic_flags", "dynamic_shapes", "register", "report_path", "run"]
 
 
 def add_dynamic(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +57,17 @@ def report_path(output: Path) -> Path:
     return output.with_name(output.stem + ".report.json")
 
 
+def check_dynamic_flags(args: Any) -> None:
+    """Flag combinations ``--dynamic`` needs, checked before any work."""
+    if not args.dynamic and args.max_seq_len is not None:
+        raise CliError("--max-seq-len applies with --dynamic")
+    if args.dynamic and args.model is not None and args.model.endswith(".pt2"):
+        raise CliError("--dynamic applies when tracing; a saved program keeps the shapes it was exported with")
+
+
 def dynamic_shapes(ctx: Context, loaded: Any) -> Any:
     """The ``dynamic_shapes`` that ``--dynamic`` asks for, or None."""
     if not ctx.args.dynamic:
-        if ctx.args.max_seq_len is not None:
-            raise CliError("--max-seq-len applies with --dynamic")
         return None
     if loaded.is_exported():
         raise CliError("--dynamic applies when tracing; a saved program keeps the shapes it was exported with")
@@ -85,6 +91,7 @@ def run(ctx: Context) -> int:
     report_file = Path(args.report) if args.report else report_path(output)
     if report_file.resolve() == output.resolve():
         raise CliError("--report must differ from -o")
+    check_dynamic_flags(args)
     claim(output, force=args.force, what="output")
     claim(report_file, force=args.force, what="report")
 

@@ -28,3 +28,18 @@ def test_inspect_table_shows_kept_layers(tmp_path, capsys, monkeypatch):
     assert "model.layers.0.self_attn" in out and "converted" in out
     assert "dense_layers contains 1" in out
     assert "1 converted, 1 kept dense" in out
+
+
+def test_optimize_refusals(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv, phrase in [
+        (["optimize"], "-o/--output FILE.pt2 is required"),
+        (["optimize", "-o", "model.onnx"], "the program is written as a .pt2 file"),
+        (["optimize", "-o", "a.pt2", "--report", "a.pt2"], "--report must differ from -o"),
+        (["optimize", "-o", "a.pt2", "--max-seq-len", "64"], "--max-seq-len applies with --dynamic"),
+        (["optimize", "cli_no_such_module:build", "-o", "a.pt2"], "cannot import 'cli_no_such_module'"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert phrase in err and "Traceback" not in err, (argv, err)
+    assert list(tmp_path.iterdir()) == []  # nothing written on the way
