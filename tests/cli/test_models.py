@@ -166,3 +166,26 @@ def test_hf_folder_hints(hf_folder, tmp_path):
         load_model(f"hf:{tmp_path}", InputSettings())
     with pytest.raises(CliError, match="--text applies to hf: models"):
         load_model("delta_opt.zoo:tiny_llama", InputSettings(), text_file="x.txt")
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_hf_checkpoint_with_text(smollm2, tmp_path, capsys, monkeypatch):
+    """SmolLM2-135M as hf:DIR with --text: its own tokenizer, the first --seq-len tokens."""
+    from delta_opt.models.smollm2 import cache_dir
+
+    folder = cache_dir() / "smollm2-135m-instruct-hf"  # written by load_smollm2 (the fixture)
+    _, tokenizer = smollm2
+    text = tmp_path / "text.txt"
+    text.write_text(textwrap.dedent(FACTORIES) * 4)
+    monkeypatch.chdir(tmp_path)
+    argv = ["inspect", f"hf:{folder}", "--text", str(text), "--seq-len", "200", "--window", "64", "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"]["input_ids"]["shape"] == [1, 200]
+    assert data["report"]["num_converted"] == 30
+    loaded = load_model(f"hf:{folder}", InputSettings(seq_len=200), text_file=str(text))
+    expected = tokenizer(text.read_text(), return_tensors="pt").input_ids[:, :200]
+    assert torch.equal(loaded.kwargs["input_ids"], expected)
+    with pytest.raises(CliError, match="fewer than --seq-len 100000"):
+        load_model(f"hf:{folder}", InputSettings(seq_len=100000), text_file=str(text))
