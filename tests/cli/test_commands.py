@@ -78,14 +78,6 @@ def test_check_fails_a_threshold_with_exit_1(workdir):
     assert "### delta-opt check: FAIL" in summary.read_text() and "**FAIL**" in summary.read_text()
 
 
-def test_check_refuses_to_overwrite_its_report(workdir):
-    (workdir / "report.json").write_text("keep me")
-    result = run_cli("check", "-o", "report.json", cwd=workdir)
-    assert_one_line_error(result, "report 'report.json' exists; pass --force to overwrite it")
-    assert (workdir / "report.json").read_text() == "keep me"
-    assert "loading" not in result.stderr  # refused before any work
-
-
 # ---- optimize, inspect -------------------------------------------------------------------------
 
 

@@ -43,3 +43,13 @@ def test_optimize_refusals(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert phrase in err and "Traceback" not in err, (argv, err)
     assert list(tmp_path.iterdir()) == []  # nothing written on the way
+
+
+def test_check_refuses_to_overwrite_its_report_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.json").write_text("keep me")
+    assert main(["check", "-o", "report.json"]) == 2
+    err = capsys.readouterr().err
+    assert "report 'report.json' exists; pass --force to overwrite it" in err
+    assert "loading" not in err  # refused before the model was loaded
+    assert (tmp_path / "report.json").read_text() == "keep me"
