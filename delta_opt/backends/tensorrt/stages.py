@@ -202,7 +202,8 @@ def symbolic_plan(dims: StageDims, attrs: StageAttributes, dtype: torch.dtype) -
         corrected: SymInt = 0
     else:
         rows = smax(0, (n_q - attrs.tail) // stride * stride)
-        same_length = 1 - smin(1, smax(n_q - n_k, n_k - n_q))
+        # [Nq == Nk]; the outer max(0, .) changes no value but keeps interval bounds tight.
+        same_length = 1 - _indicator_positive(smax(n_q - n_k, n_k - n_q))
         corrected = rows * same_length * _indicator_positive(n_q - attrs.window)
     anchors = corrected // stride
     blocks = block_config(dims.head_dim, dims.value_dim, dtype)
