@@ -44,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown case(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
             return 2
         cases = tuple(known[n] for n in args.case)
+    output = Path(args.output) if args.output else (Path(os.environ["OUT"]) / "gpu_aot_check.json" if os.environ.get("OUT") else None)
+    if output is not None and output.exists() and not args.force:
+        print(f"error: {output} exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
     arch = args.arch if args.arch is not None else (90 if args.dry_run else None)
     result = run(cases, arch=arch, dry_run=args.dry_run)
-    output = Path(args.output) if args.output else (Path(os.environ["OUT"]) / "gpu_aot_check.json" if os.environ.get("OUT") else None)
     if output is not None:
         write_json(output, result, force=args.force)
     print(json.dumps(result, indent=2))
