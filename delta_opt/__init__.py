@@ -6,6 +6,7 @@ Public API::
     delta_opt.DeltaConfig(window=..., sinks=..., stride=..., tail=..., min_seq_len=..., impl=...)
     delta_opt.optimize(model, example_inputs, config, *, dynamic_shapes=None) -> (ExportedProgram, Report)
     delta_opt.export_onnx(program_or_model, example_inputs, path, *, config, opset, dynamic_shapes, inline)
+    delta_opt.build_engine(onnx_path, engine_path, *, min_seq_len, opt_seq_len, max_seq_len, precision)
 
 Importing the package registers the op ``delta_opt::delta_attention`` with torch.
 """
@@ -22,6 +23,7 @@ __all__ = [
     "Impl",
     "LayerPlan",
     "Report",
+    "build_engine",
     "delta_attention",
     "export_onnx",
     "optimize",
@@ -40,4 +42,9 @@ def __getattr__(name: str):
         from .backends.onnx.export import export_onnx
 
         return export_onnx
+    # TensorRT engines: tensorrt itself is imported only when an engine is built.
+    if name == "build_engine":
+        from .backends.tensorrt.engine import build_engine
+
+        return build_engine
     raise AttributeError(f"module 'delta_opt' has no attribute {name!r}")

@@ -64,14 +64,17 @@ def _algebra(trtp: Any) -> dict[str, Any]:
     def lhs(x: Any) -> Any:  # TensorRT's expressions take a plain int on the right only
         return trtp.ShapeExpr(x) if isinstance(x, int) else x
 
+    def commutative(fn: Any) -> Any:  # keep the symbolic operand first: no constant built for it
+        return lambda a, b: fn(b, a) if isinstance(a, int) else fn(a, b)
+
     return {
-        "add": lambda a, b: lhs(a) + b,
+        "add": commutative(lambda a, b: a + b),
         "sub": lambda a, b: lhs(a) - b,
-        "mul": lambda a, b: lhs(a) * b,
+        "mul": commutative(lambda a, b: a * b),
         "floordiv": lambda a, b: lhs(a) // b,
         "cdiv": trtp.cdiv,
-        "max": trtp.max,
-        "min": trtp.min,
+        "max": commutative(trtp.max),
+        "min": commutative(trtp.min),
     }
 
 
@@ -125,6 +128,9 @@ def _describe(stage: Stage, args: Mapping[str, Any], trt: Any, trtp: Any) -> Any
     dims = StageDims(q[0], q[1], k[1], q[2], k[2], q[3], v[3])  # type: ignore[arg-type]
     attrs = StageAttributes.from_values({n: args[n] for n in STAGE_ATTRIBUTES})
     shape = output_shapes(DENSE, dims, attrs)
+    if any(getattr(e, "is_fake", False) for e in args["q"].shape_expr):
+        # TensorRT only asks for the output types here, with placeholder sizes: no arithmetic.
+        shape = {name: (q[0], q[1], q[2], v[3]) for name in DENSE.outputs}
     dtypes = {"out": args["q"].dtype, "delta": trt.float32}
     return tuple(
         trtp.from_shape_expr(tuple(_lower(d, leaves, trtp) for d in shape[name]), dtype=dtypes[name])
