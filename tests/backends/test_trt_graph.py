@@ -105,6 +105,10 @@ def test_nodes_the_kernels_cannot_serve_are_refused_with_every_reason() -> None:
     assert "correction='taylor'" in message and "implement the paper's rule" in message and "future_knob=1" in message
     assert "query dim" not in message
     assert prepare_onnx(_node_model(correction="paper")).nodes  # the rule the kernels implement
+    # The node contract's rule codes (paper 0, none 1, taylor 2), one or one per query head.
+    assert prepare_onnx(_node_model(correction=[0, 0])).nodes
+    with pytest.raises(UnsupportedNodeError, match=r"correction=\[0, 2\]"):
+        prepare_onnx(_node_model(correction=[0, 2]))
 
 
 def test_masks_that_vary_per_query_are_refused(tmp_path) -> None:

@@ -58,15 +58,18 @@ def env(d: StageDims) -> dict[str, int]:
 def test_attributes_follow_the_node_contract() -> None:
     assert list(ATTRIBUTE_TYPES) == list(schema.ATTRIBUTES)  # same names, same order
     kinds = {"INT": int, "FLOAT": float, "STRING": str}
-    assert all(ATTRIBUTE_TYPES[n] is kinds[k] for n, (k, _) in schema.ATTRIBUTES.items())
+    assert all(ATTRIBUTE_TYPES[n] is kinds[k] for n, (k, _) in schema.ATTRIBUTES.items() if k in kinds)
     assert list(STAGE_ATTRIBUTES) == list(schema.ATTRIBUTES) + ["has_bias"]
 
 
 def test_an_attribute_added_to_the_schema_reaches_the_plugins(monkeypatch) -> None:
-    extended = {**schema.ATTRIBUTES, "correction": ("STRING", "the correction rule")}
+    import numpy as np
+    import numpy.typing as npt
+
+    extended = {**schema.ATTRIBUTES, "correction": ("INTS", "rule codes, one or one per query head")}
     monkeypatch.setattr(schema, "ATTRIBUTES", extended)
     types = attributes_module._attribute_types()
-    assert list(types) == list(extended) and types["correction"] is str
+    assert list(types) == list(extended) and types["correction"] == npt.NDArray[np.int32]
     monkeypatch.setattr(schema, "ATTRIBUTES", {**extended, "mode": ("TENSOR", "?")})
     with pytest.raises(TypeError, match="mode"):
         attributes_module._attribute_types()
@@ -80,6 +83,11 @@ def test_an_attribute_added_to_the_schema_reaches_the_plugins(monkeypatch) -> No
         (dict(correction="taylor"), "correction"),
         (dict(correction="paper,none"), "correction"),
         (dict(correction="sideways"), "correction"),
+        (dict(correction=[0]), None),  # the node's rule codes: paper 0, none 1, taylor 2
+        (dict(correction=[0, 0, 0, 0]), None),
+        (dict(correction=[2]), "correction"),
+        (dict(correction=[0, 1]), "correction"),
+        (dict(correction=[7]), "correction"),
         (dict(window=0), "window"),
         (dict(causal=2), "causal"),
         (dict(scale=float("inf")), "scale"),

@@ -87,8 +87,8 @@ class DeltaAttentionSparse(OpRun):
     op_domain = "delta_opt"
 
     def _run(self, *arrays, **_attrs):  # type: ignore[override]
-        # ``out`` aliases ``partial``: written in place (into a copy: the evaluator shares values).
-        inputs = {name: _torch(a.copy() if name == "partial" else a) for name, a in zip(SPARSE.inputs, arrays)}
+        # ``out`` aliases ``partial``: written in place (into _torch's copy: the evaluator shares values).
+        inputs = {name: _torch(a) for name, a in zip(SPARSE.inputs, arrays)}
         return (run_stage(SPARSE, inputs, _attributes(self))["out"].numpy(),)
 
 

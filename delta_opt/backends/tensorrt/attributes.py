@@ -14,12 +14,22 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
+import numpy as np
+import numpy.typing as npt
+
 from ...plan import Correction
 from ..onnx import schema
 
 __all__ = ["ATTRIBUTE_TYPES", "STAGE_ATTRIBUTES", "UnsupportedNodeError", "node_values", "unserved"]
 
-_PYTHON_TYPES = {"INT": int, "FLOAT": float, "STRING": str}
+# ONNX attribute type -> the annotation TensorRT's Python plugins take (lists as 1-D numpy arrays).
+_PYTHON_TYPES: dict[str, Any] = {
+    "INT": int,
+    "FLOAT": float,
+    "STRING": str,
+    "INTS": npt.NDArray[np.int32],
+    "FLOATS": npt.NDArray[np.float32],
+}
 
 
 class UnsupportedNodeError(ValueError):
@@ -62,11 +72,18 @@ def _scale(value: Any) -> str | None:
 
 
 def _correction(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return "must be a string"
+    """The rule as the op's string (``"paper"``, ``"taylor,none"``) or as the node's rule codes."""
     try:
-        rules = {Correction.parse(part) for part in value.split(",")}
-    except ValueError as e:
+        if isinstance(value, str):
+            rules = {Correction.parse(part) for part in value.split(",")}
+        else:
+            codes = {getattr(rule, "code", index): rule for index, rule in enumerate(Correction)}
+            values = [int(v) for v in np.asarray(value).reshape(-1)]
+            unknown = sorted(set(values) - set(codes))
+            if unknown or not values:
+                return f"holds no rule code(s) {unknown} (known: {sorted(codes)})"
+            rules = {codes[v] for v in values}
+    except (ValueError, TypeError) as e:
         return str(e)
     if rules != {Correction.PAPER}:
         return "the compiled kernels implement the paper's rule ('paper') only"

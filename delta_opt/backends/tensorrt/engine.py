@@ -18,7 +18,7 @@ import onnx
 from ...bench.io import atomic_write_bytes
 from .graph import PreparedNode, prepare_onnx
 
-__all__ = ["PRECISIONS", "EngineBuild", "build_engine", "profile_shapes"]
+__all__ = ["PRECISIONS", "EngineBuild", "build_engine", "load_network", "profile_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,19 +153,38 @@ def build_engine(
     return EngineBuild(engine_path, prepared.nodes, profile, precision)
 
 
-def _build(model: onnx.ModelProto, profile: Mapping[str, tuple], precision: str, workspace: int | None, base_dir: str) -> bytes:
+def load_network(onnx_path: str | Path, *, precision: str = "model") -> tuple[Any, Any, Any]:
+    """``(builder, network, parser)`` of an exported model with its DeltaAttention nodes as the
+    plugins (registered here): what a Polygraphy network script's ``load_network`` returns.
+
+    Raises what :func:`build_engine` raises before TensorRT (unsupported nodes included).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    path = Path(onnx_path)
+    prepared = prepare_onnx(onnx.load(str(path)))
+    return _parse(prepared.model, precision, str(path.parent))
+
+
+def _parse(model: onnx.ModelProto, precision: str, base_dir: str) -> tuple[Any, Any, Any]:
     trt = _tensorrt()
     from .plugin import register_plugins
 
     register_plugins()
-    logger_ = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger_)
+    log = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(log)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if precision == "model" else 0
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger_)
+    parser = trt.OnnxParser(network, log)
     if not parser.parse(model.SerializeToString(), base_dir):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT's ONNX parser rejected the prepared model:\n{errors}")
+    return builder, network, parser
+
+
+def _build(model: onnx.ModelProto, profile: Mapping[str, tuple], precision: str, workspace: int | None, base_dir: str) -> bytes:
+    trt = _tensorrt()
+    builder, network, _parser = _parse(model, precision, base_dir)
     config = builder.create_builder_config()
     if precision in ("fp16", "bf16"):
         flag = getattr(trt.BuilderFlag, precision.upper(), None)
