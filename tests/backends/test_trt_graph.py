@@ -178,3 +178,26 @@ def test_a_float16_model_through_the_prepared_graph(tmp_path) -> None:
     err, floor = np.abs(emulated.astype(np.float64) - oracle.numpy()).max(), (same - oracle).abs().max().item()
     assert err <= 2 * floor + 2e-3, (err, floor)
     assert DOMAIN == "delta_opt"
+
+
+class _TwoLayers(torch.nn.Module):
+    """Two sites with different parameters: two node pairs, names that do not collide."""
+
+    def forward(self, q, k, v):
+        import delta_opt
+
+        h = delta_opt.delta_attention(q, k, v, causal=True, **PARAMS)
+        return delta_opt.delta_attention(h, k, v, causal=False, window=5, sinks=1, stride=3, tail=4)
+
+
+def test_every_node_of_a_model_is_rewritten(tmp_path) -> None:
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 30, 16, generator=g) for _ in "qkv")
+    path = _export(tmp_path, _TwoLayers(), (q, k, v), name="two.onnx")
+    prepared = prepare_onnx(onnx.load(path))
+    assert len(prepared.nodes) == 2
+    names = [n.name for n in prepared.model.graph.node]
+    assert len(names) == len(set(names))
+    feed = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
+    emulated = ReferenceEvaluator(prepared.model, new_ops=ONNX_OPS).run(None, feed)[0]
+    np.testing.assert_allclose(emulated, load_session(path).run(None, feed)[0], atol=2e-6, rtol=0)

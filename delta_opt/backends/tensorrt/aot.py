@@ -173,7 +173,7 @@ def _ptxas(arch: int) -> Any:
 
     try:
         return get_ptxas(arch)
-    except TypeError:  # older Triton: one ptxas
+    except TypeError:  # Triton < 3.5: one ptxas for every architecture
         return get_ptxas()
 
 
@@ -216,7 +216,7 @@ def assemble(ptx: str, arch: int) -> bytes:
         with open(src, "w") as f:
             f.write(ptx)
         result = subprocess.run(
-            [_ptxas(arch).path, f"--gpu-name={gpu}", src, "-o", out], capture_output=True, text=True, check=False
+            [getattr(_ptxas(arch), "path", None) or str(_ptxas(arch)), f"--gpu-name={gpu}", src, "-o", out], capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
             raise RuntimeError(f"ptxas rejected the PTX: {result.stderr.strip()[-2000:]}")
