@@ -31,7 +31,7 @@ from ..backends.tensorrt.aot import StageArtifact, assemble, compile_stage, driv
 from ..backends.tensorrt.driver import argument_bytes
 from ..backends.tensorrt.graph import graph_bias
 from ..backends.tensorrt.ptx import entry_params
-from ..backends.tensorrt.stages import DENSE, SPARSE, STAGES, StageAttributes, StageDims
+from ..backends.tensorrt.stages import DENSE, STAGES, StageAttributes, StageDims
 from ..backends.tensorrt.symbolic import Sym, evaluate
 from ..config import default_tail
 from ..ops.reference import delta_attention_reference

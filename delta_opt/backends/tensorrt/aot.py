@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -207,8 +208,6 @@ def assemble(ptx: str, arch: int) -> bytes:
 
     Hopper kernels from Triton target ``sm_90a``; the PTX's own ``.target`` line decides.
     """
-    import re
-
     target = re.search(r"^\s*\.target\s+(sm_\w+)", ptx, re.M)
     gpu = target.group(1) if target else f"sm_{arch}"
     with tempfile.TemporaryDirectory() as tmp:
