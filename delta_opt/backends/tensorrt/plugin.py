@@ -147,9 +147,19 @@ def _torch_dtype(trt: Any, dtype: Any) -> Any:
     return table[dtype]
 
 
-def _aot(stage: Stage, args: Mapping[str, Any], trt: Any, trtp: Any) -> tuple:
+def _device_arch() -> int:
+    """Compute capability x10 of the GPU TensorRT builds for (the current CUDA device)."""
     import torch
 
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return 10 * major + minor
+    import triton  # a CPU-only torch next to a CUDA driver: ask Triton's driver
+
+    return int(triton.runtime.driver.active.get_current_target().arch)
+
+
+def _aot(stage: Stage, args: Mapping[str, Any], trt: Any, trtp: Any) -> tuple:
     from .aot import compile_stage, driver_ptx_version, kernel_function, plan_stage
     from .signature import check_ranges
 
@@ -164,8 +174,7 @@ def _aot(stage: Stage, args: Mapping[str, Any], trt: Any, trtp: Any) -> tuple:
     problems = check_ranges(build.layout, build.grid, ranges)
     if problems:
         raise UnsupportedNodeError(f"{stage.plugin} over the optimization profile: " + "; ".join(problems))
-    major, minor = torch.cuda.get_device_capability()
-    arch = 10 * major + minor
+    arch = _device_arch()
     artifact = compile_stage(build, arch, ptx_version=driver_ptx_version(arch))
 
     launch = trtp.KernelLaunchParams()
