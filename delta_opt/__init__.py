@@ -8,6 +8,7 @@ Public API::
     delta_opt.export_onnx(program_or_model, example_inputs, path, *, config, opset, dynamic_shapes, inline)
     delta_opt.apply_to_hf(model, config)      # a transformers model's prefill -> delta attention
     delta_opt.eval                            # fidelity metrics, variants, probes (lazy)
+    delta_opt.build_engine(onnx_path, engine_path, *, min_seq_len, opt_seq_len, max_seq_len, precision)
 
 Importing the package registers the op ``delta_opt::delta_attention`` with torch.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "LayerPlan",
     "Report",
     "apply_to_hf",
+    "build_engine",
     "delta_attention",
     "eval",
     "export_onnx",
@@ -52,4 +54,9 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(".eval", __name__)
+    # TensorRT engines: tensorrt itself is imported only when an engine is built.
+    if name == "build_engine":
+        from .backends.tensorrt.engine import build_engine
+
+        return build_engine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
