@@ -204,6 +204,14 @@ def add_attention(parser: argparse.ArgumentParser) -> None:
         help="the rule correcting the sparse rows (default paper); per-layer plans go in [attention.layer_plans]",
     )
     add(
+        "--retrieve",
+        dest="attention.retrieve",
+        type=nonnegative_int,
+        default=argparse.SUPPRESS,
+        metavar="K",
+        help="long-range keys each anchor block retrieves for its rows (default 0: none)",
+    )
+    add(
         "--impl",
         dest="attention.impl",
         choices=[i.value for i in Impl],

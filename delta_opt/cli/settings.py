@@ -3,7 +3,7 @@
 The config file has one table per concern; every key is optional::
 
     [attention]          # DeltaConfig: window, sinks, stride, tail, min_seq_len, dense_layers,
-    window = 256         #   dense_modules, correction, impl; per-layer plans: [attention.layer_plans.<layer>]
+    window = 256         #   dense_modules, correction, retrieve, impl; per-layer plans: [attention.layer_plans.<layer>]
     [inputs]             # generated inputs: seq_len, batch, seed
     seq_len = 1024
     [check]              # `delta-opt check` thresholds (false = not checked)
