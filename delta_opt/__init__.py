@@ -8,6 +8,7 @@ Public API::
     delta_opt.export_onnx(program_or_model, example_inputs, path, *, config, opset, dynamic_shapes, inline)
     delta_opt.apply_to_hf(model, config)      # a transformers model's prefill -> delta attention
     delta_opt.eval                            # fidelity metrics, variants, probes (lazy)
+    delta_opt.calibrate(model, calibration_inputs, config) -> DeltaConfig   # per-layer plans
     delta_opt.build_engine(onnx_path, engine_path, *, min_seq_len, opt_seq_len, max_seq_len, precision)
 
 Importing the package registers the op ``delta_opt::delta_attention`` with torch.
@@ -27,6 +28,7 @@ __all__ = [
     "Report",
     "apply_to_hf",
     "build_engine",
+    "calibrate",
     "delta_attention",
     "eval",
     "export_onnx",
@@ -46,6 +48,10 @@ def __getattr__(name: str):
         from .backends.onnx.export import export_onnx
 
         return export_onnx
+    if name == "calibrate":
+        from .calibration import calibrate
+
+        return calibrate
     if name == "apply_to_hf":
         from .integrations.transformers import apply_to_hf
 

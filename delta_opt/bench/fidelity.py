@@ -85,6 +85,11 @@ def _score(probe: str, model: Any, tokenizer: Any, prompt) -> dict[str, Any]:
     return {"mean_nll": scores["mean_nll"], "top1_rate": scores["top1_rate"]}
 
 
+def _compared(name: str, params: dict[str, Any]) -> list[Variant]:
+    """The variants compared for config ``name``: all of them, or those ``variants_for`` names."""
+    return [Variant.parse(v) for v in params.get("variants_for", {}).get(name, [v.value for v in COMPARED])]
+
+
 def _probe_unit(probe: str, trial: int, model, tokenizer, configs, params) -> dict[str, Any]:
     encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
     prompt = _trial_prompt(probe, trial, params, encode, model.config.vocab_size)
@@ -94,7 +99,7 @@ def _probe_unit(probe: str, trial: int, model, tokenizer, configs, params) -> di
     results: dict[str, Any] = {}
     for name, config in configs.items():
         results[name] = {}
-        for variant in COMPARED:
+        for variant in _compared(name, params):
             with use_variant(model, variant, config):
                 results[name][variant.value] = _score(probe, model, tokenizer, prompt)
     return {
@@ -109,7 +114,8 @@ def _probe_unit(probe: str, trial: int, model, tokenizer, configs, params) -> di
 
 def _text_unit(name: str, model, tokenizer, configs, params) -> dict[str, Any]:
     ids = tokenizer(stdlib_text(name), add_special_tokens=False, return_tensors="pt").input_ids[:, : params["n_tokens"]]
-    return text_fidelity(model, ids, configs, COMPARED, eval_tokens=params["eval_tokens"])
+    variants_for = {name: _compared(name, params) for name in configs}
+    return text_fidelity(model, ids, configs, COMPARED, eval_tokens=params["eval_tokens"], variants_for=variants_for)
 
 
 def run(
@@ -122,6 +128,7 @@ def run(
     texts: tuple[str, ...] = STDLIB_TEXTS,
     probes: tuple[str, ...] = PROBES,
     configs: dict[str, DeltaConfig] | None = None,
+    variants_for: dict[str, tuple[Variant, ...]] | None = None,
     seed: int = 0,
     model_and_tokenizer: tuple[Any, Any] | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
@@ -129,7 +136,9 @@ def run(
     """Run (or resume) the study on SmolLM2-135M-Instruct; returns the full result with its summary.
 
     ``partial`` is the progress file (created, or resumed when it holds the same parameters);
-    ``model_and_tokenizer`` reuses an already loaded SmolLM2 (default: :func:`load_smollm2`).
+    ``model_and_tokenizer`` reuses an already loaded SmolLM2 (default: :func:`load_smollm2`);
+    ``variants_for`` limits the variants of some configs (e.g. only ``DELTA`` for a config that
+    differs from another by its correction rule alone).
     """
     from ..models import load_smollm2
 
@@ -149,6 +158,11 @@ def run(
         "variants": ["dense", *(v.value for v in COMPARED)],
         "seed": seed,
     }
+    if variants_for:
+        unknown = sorted(set(variants_for) - set(configs))
+        if unknown:
+            raise ValueError(f"variants_for names configs that are not compared: {', '.join(unknown)}")
+        params["variants_for"] = {name: [Variant.parse(v).value for v in vs] for name, vs in variants_for.items()}
     partial = Path(partial)
     state: dict[str, Any] = {"params": params, "units": {}}
     if partial.exists():
@@ -220,7 +234,7 @@ def summarize(units: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         dense.update(probe_stats([r["dense"] for r in results], probe))
     rows: dict[str, Any] = {"dense": dense}
     for name in params["configs"]:
-        for variant in params["variants"][1:]:
+        for variant in [v.value for v in _compared(name, params)]:
             row: dict[str, Any] = {}
             per_text = [t["configs"][name]["variants"][variant] for t in texts.values()]
             for text_name, t in texts.items():
