@@ -167,7 +167,7 @@ def run(
     state: dict[str, Any] = {"params": params, "units": {}}
     if partial.exists():
         state = load_partial(partial)
-        if state["params"] != params:
+        if not _same_params(state["params"], params):
             raise ValueError(f"{partial} was made with other parameters; remove it or pass the same ones")
         log(f"resuming from {partial}: {len(state['units'])} units done")
 
@@ -195,6 +195,16 @@ def run(
         "summary": summarize(state["units"], params),
         "units": state["units"],
     }
+
+
+def _same_params(saved: dict[str, Any], params: dict[str, Any]) -> bool:
+    """Whether a progress file measured the same thing: configs compared as configs, so a file
+    written before ``DeltaConfig`` gained a field (at its default) still resumes."""
+    def normal(p: dict[str, Any]) -> dict[str, Any]:
+        configs = {name: DeltaConfig.from_dict(c) for name, c in p.get("configs", {}).items()}
+        return {**p, "configs": configs}
+
+    return normal(saved) == normal(params)
 
 
 def load_partial(path: str | Path) -> dict[str, Any]:

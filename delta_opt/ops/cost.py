@@ -4,6 +4,13 @@ Every attended pair costs the same ``2 D + 2 Dv`` FLOPs (one dot product for the
 multiply-add row of the value product) in either method, so the pair counts give the FLOP-ideal
 speed-up that a perfect kernel of each kind would reach. Benchmarks report measured speed-ups
 next to this number.
+
+What the anchor rows cost depends on the correction rule (:class:`~delta_opt.plan.Correction`):
+``paper`` attends each anchor densely (its sparse part is inside that row); ``taylor`` attends the
+anchor's long-range keys (outside its window and sinks) and adds one mean-key dot product per
+corrected row; ``none`` attends nothing at the anchors. Retrieval (``retrieve = K``) makes every
+anchor score its long-range keys (to pick the top K) and every corrected row attend up to K more.
+Score-only and value work are counted alike, so these counts are an upper bound for retrieval.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..plan import Correction
 from .checks import num_corrected_rows, resolve_tail
 
 __all__ = ["AttentionCost", "attention_cost"]
@@ -24,12 +32,13 @@ class AttentionCost:
     n: int
     dense_pairs: int
     sparse_pairs: int  # window + sinks, rows [0, Np)
-    anchor_pairs: int  # dense anchor rows 0, G, ..., Np - G
+    anchor_pairs: int  # anchor rows 0, G, ..., Np - G: dense (paper) or long-range keys (taylor, retrieval)
     tail_pairs: int  # dense rows [Np, N)
+    extra_pairs: int = 0  # taylor's mean-key dots and retrieved keys, rows [0, Np)
 
     @property
     def delta_pairs(self) -> int:
-        return self.sparse_pairs + self.anchor_pairs + self.tail_pairs
+        return self.sparse_pairs + self.anchor_pairs + self.tail_pairs + self.extra_pairs
 
     @property
     def ideal_speedup(self) -> float:
@@ -47,8 +56,20 @@ def _dense_row_pairs(rows: np.ndarray, n: int, causal: bool) -> int:
     return int((rows + 1).sum()) if causal else int(rows.size) * n
 
 
-def attention_cost(n: int, *, window: int, sinks: int, stride: int, tail: int | None = None, causal: bool) -> AttentionCost:
-    """Count the (query, key) pairs each method attends for a sequence of ``n`` tokens (no mask)."""
+def attention_cost(
+    n: int,
+    *,
+    window: int,
+    sinks: int,
+    stride: int,
+    tail: int | None = None,
+    causal: bool,
+    correction: Correction | str = Correction.PAPER,
+    retrieve: int = 0,
+) -> AttentionCost:
+    """Count the (query, key) pairs each method attends for a sequence of ``n`` tokens (no mask),
+    with one correction rule and ``retrieve`` long-range keys per anchor block."""
+    rule = Correction.parse(correction)
     tail = resolve_tail(tail, stride)
     n_corrected = num_corrected_rows(n, stride, tail)
     rows = np.arange(n, dtype=np.int64)
@@ -62,6 +83,21 @@ def attention_cost(n: int, *, window: int, sinks: int, stride: int, tail: int | 
     outside = np.minimum(n_sinks, lo) + (0 if causal else np.maximum(0, n_sinks - hi))
     sparse_pairs = int((hi - lo + outside).sum())
 
-    anchor_pairs = _dense_row_pairs(np.arange(0, n_corrected, stride, dtype=np.int64), n, causal)
+    anchors = np.arange(0, n_corrected, stride, dtype=np.int64)
+    anchor_dense = (anchors + 1) if causal else np.full(anchors.shape, n, dtype=np.int64)
+    anchor_sparse = (hi - lo + outside)[anchors]
+    long_range = anchor_dense - anchor_sparse  # keys an anchor sees densely but not sparsely
+    extra = 0
+    if rule is Correction.PAPER:
+        anchor_pairs = int(anchor_dense.sum())
+    elif rule is Correction.TAYLOR or retrieve > 0:
+        anchor_pairs = int(long_range.sum())
+    else:
+        anchor_pairs = 0
+    if rule is Correction.TAYLOR:
+        extra += n_corrected  # one q . mean-key per corrected row
+    if retrieve > 0:
+        # Row i of block b attends min(K, long-range keys of anchor b) more keys.
+        extra += int(np.minimum(retrieve, np.repeat(long_range, stride)[:n_corrected]).sum())
     tail_pairs = _dense_row_pairs(rows[n_corrected:], n, causal)
-    return AttentionCost(n, dense_pairs, sparse_pairs, anchor_pairs, tail_pairs)
+    return AttentionCost(n, dense_pairs, sparse_pairs, anchor_pairs, tail_pairs, extra)

@@ -35,3 +35,39 @@ def test_paper_defaults_ideal_speedups():
     at_1m = attention_cost(1 << 20, window=2048, sinks=1024, stride=64, causal=True).ideal_speedup
     assert 15 < at_128k < 17
     assert 45 < at_1m < 47
+
+
+def _brute_force_rule(n, window, sinks, stride, tail, causal, rule, retrieve):
+    i = torch.arange(n).view(-1, 1)
+    j = torch.arange(n).view(1, -1)
+    dense = (j <= i) if causal else torch.ones(n, n, dtype=torch.bool)
+    sparse = dense & (((i - j).abs() < window) | (j < sinks))
+    n_corrected = max(0, (n - tail) // stride * stride)
+    anchors = torch.arange(0, n_corrected, stride)
+    long_range = (dense[anchors] & ~sparse[anchors]).sum(-1)  # per anchor
+    total = int(sparse[:n_corrected].sum() + dense[n_corrected:].sum())
+    if rule == "paper":
+        total += int(dense[anchors].sum())
+    elif rule == "taylor" or retrieve:
+        total += int(long_range.sum())
+    if rule == "taylor":
+        total += n_corrected
+    for row in range(n_corrected):
+        total += min(retrieve, int(long_range[row // stride]))
+    return total
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("rule", "retrieve"), [("paper", 0), ("none", 0), ("taylor", 0), ("none", 5), ("taylor", 3), ("paper", 40)])
+@pytest.mark.parametrize(("n", "window", "sinks", "stride", "tail"), [(100, 7, 3, 8, 10), (257, 30, 40, 16, 128)])
+def test_rule_and_retrieval_counts_match_brute_force(causal, rule, retrieve, n, window, sinks, stride, tail):
+    cost = attention_cost(
+        n, window=window, sinks=sinks, stride=stride, tail=tail, causal=causal, correction=rule, retrieve=retrieve
+    )
+    assert cost.delta_pairs == _brute_force_rule(n, window, sinks, stride, tail, causal, rule, retrieve)
+
+
+def test_none_without_retrieval_is_the_cheapest():
+    kw = dict(window=128, sinks=32, stride=16, causal=True)
+    none, taylor, paper = (attention_cost(4096, **kw, correction=r).delta_pairs for r in ("none", "taylor", "paper"))
+    assert none < taylor < paper
