@@ -303,8 +303,10 @@ def test_importing_delta_opt_does_not_import_triton():
 @pytest.mark.slow
 def test_kernels_cross_compile_for_hopper_and_ampere():
     """Triton's own LLVM and ptxas build both kernels for sm_90 and sm_80 at the H200 benchmark
-    shape (bf16, D=128, GQA 32/8, key mask): the compiled path type-checks, fits shared memory,
-    and the sparse kernel, where most time goes, does not spill registers on sm_90."""
+    shape (bf16, D=128, GQA 32/8, key mask), in both compiled variants: paper only, and a
+    per-head plan with taylor heads (the long-range sweep and the mixing epilogue). The compiled
+    path type-checks, fits shared memory, and the sparse kernel, where most time goes, does not
+    spill registers on sm_90."""
     code = """
 import json, torch
 from delta_opt.ops.checks import AttentionShape
@@ -313,9 +315,13 @@ n = 128 * 1024
 shape = AttentionShape(1, 32, 8, n, n, 128, 128)
 report = {}
 for arch in (90, 80):
-    built = compile_kernels(shape, torch.bfloat16, causal=True, window=2048, sinks=1024, stride=64, has_mask=True, arch=arch)
-    for name, kernel in built.items():
-        report[f"{name}-sm{arch}"] = dict(resource_usage(kernel.asm["cubin"]) or {}, smem=kernel.metadata.shared)
+    for plan, rules in (("paper", None), ("mixed", ["taylor", "paper", "none", "taylor"] * 8)):
+        built = compile_kernels(
+            shape, torch.bfloat16, causal=True, window=2048, sinks=1024, stride=64, has_mask=True, arch=arch,
+            corrections=rules,
+        )
+        for name, kernel in built.items():
+            report[f"{name}-{plan}-sm{arch}"] = dict(resource_usage(kernel.asm["cubin"]) or {}, smem=kernel.metadata.shared)
 print(json.dumps(report))
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -323,8 +329,9 @@ print(json.dumps(report))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(report) == {"dense-sm90", "sparse-sm90", "dense-sm80", "sparse-sm80"}
+    assert set(report) == {f"{k}-{p}-sm{a}" for k in ("dense", "sparse") for p in ("paper", "mixed") for a in (90, 80)}
     for usage in report.values():
         assert 0 < usage["smem"] <= 227 * 1024
-    if "stack" in report["sparse-sm90"]:  # cuobjdump is shipped with Triton's NVIDIA backend
-        assert report["sparse-sm90"]["stack"] == 0, report
+    for plan in ("paper", "mixed"):
+        if "stack" in report[f"sparse-{plan}-sm90"]:  # cuobjdump is shipped with Triton's NVIDIA backend
+            assert report[f"sparse-{plan}-sm90"]["stack"] == 0, report

@@ -217,21 +217,10 @@ def delta_sparse_kernel(
         other=0.0,
     )
     qk_scale = tl.load(Scale)
-    out, lse_s = sparse_attention(
-        q, k_base, v_base, bias_base, rows, row_min, row_max, n_k, head_dim, value_dim,
-        qk_scale, window, sinks, stride_kn, stride_kd, stride_vn, stride_vd,
-        acc_ty, CAUSAL, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
-    )  # fmt: skip
-
-    # The anchor's Delta (paper) or O_r (taylor); "none" reads nothing and adds 0.
     slot = rows // anchor_stride
-    d_base = Delta + batch.to(tl.int64) * stride_db + head.to(tl.int64) * stride_dh
-    delta = tl.load(
-        d_base + slot[:, None] * stride_dn + offs_dv[None, :] * stride_dd,
-        mask=(valid & (rule != RULE_NONE))[:, None] & (offs_dv[None, :] < value_dim),
-        other=0.0,
-    )
     if TAYLOR:
+        # l_hat(i) = c(a) + s q_i . mu(a), computed before the sweep so that the [BLOCK_M, D]
+        # mean keys are dead by the time the sweep's accumulator is live (no register spill).
         is_taylor = rule == RULE_TAYLOR
         m_base = MeanKey + batch.to(tl.int64) * stride_mb + head.to(tl.int64) * stride_mh
         mean_key = tl.load(
@@ -242,6 +231,20 @@ def delta_sparse_kernel(
         c_base = Offset + batch.to(tl.int64) * stride_cb + head.to(tl.int64) * stride_ch
         offset = tl.load(c_base + slot * stride_cn, mask=valid & is_taylor, other=float("-inf"))
         l_hat = offset + qk_scale * tl.sum(q.to(acc_ty) * mean_key, 1)
+    out, lse_s = sparse_attention(
+        q, k_base, v_base, bias_base, rows, row_min, row_max, n_k, head_dim, value_dim,
+        qk_scale, window, sinks, stride_kn, stride_kd, stride_vn, stride_vd,
+        acc_ty, CAUSAL, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
+    )  # fmt: skip
+
+    # The anchor's Delta (paper) or O_r (taylor); "none" reads nothing and adds 0.
+    d_base = Delta + batch.to(tl.int64) * stride_db + head.to(tl.int64) * stride_dh
+    delta = tl.load(
+        d_base + slot[:, None] * stride_dn + offs_dv[None, :] * stride_dd,
+        mask=(valid & (rule != RULE_NONE))[:, None] & (offs_dv[None, :] < value_dim),
+        other=0.0,
+    )
+    if TAYLOR:
         w = 1.0 / (1.0 + tl.exp2(lse_s - l_hat))  # sigmoid(l_hat - lse_s), in log2 units
         # No long-range key (offset -inf), or not a taylor head: nothing to mix in. This also
         # clears the NaN of -inf - -inf.
