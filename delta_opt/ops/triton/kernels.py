@@ -245,10 +245,11 @@ def delta_sparse_kernel(
         other=0.0,
     )
     if TAYLOR:
-        w = 1.0 / (1.0 + tl.exp2(lse_s - l_hat))  # sigmoid(l_hat - lse_s), in log2 units
-        # No long-range key (offset -inf), or not a taylor head: nothing to mix in. This also
-        # clears the NaN of -inf - -inf.
-        w = tl.where(offset == float("-inf"), 0.0, w)
+        # No long-range key (offset -inf), or not a taylor head: nothing to mix in (w = 0). Such
+        # rows take l_hat = 0 first, so that no -inf - -inf is ever computed.
+        mixes = offset != float("-inf")
+        w = 1.0 / (1.0 + tl.exp2(lse_s - tl.where(mixes, l_hat, 0.0)))  # sigmoid(l_hat - lse_s), log2 units
+        w = tl.where(mixes, w, 0.0)
         # taylor: (1 - w) O_s + w O_r;  paper: O_s + Delta (w = 0, weight 1);  none: O_s.
         out = out * (1.0 - w)[:, None] + delta * tl.where(is_taylor, w, 1.0)[:, None]
     else:
