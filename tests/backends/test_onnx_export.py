@@ -78,6 +78,7 @@ def test_one_node_per_site_with_its_function(exported) -> None:
         "stride": 4,
         "tail": 6,
         "scale": pytest.approx(1 / math.sqrt(16)),
+        "correction": [0],
     }
 
 
