@@ -88,7 +88,13 @@ def _attend(
     """
     shape = b.Shape(scores)
     logits = b.Reshape(b.Add(b.Reshape(scores, rows_shape), bias), shape)
+    # The log-normaliser without a second pass of exponentials: at a row's largest logit m the
+    # softmax is p_max = exp(m - lse) >= 1 / K, so lse = m - log(p_max) is exact to rounding.
+    # Both maxima are taken right where their inputs are made (nodes run in this order), so
+    # that neither the logits nor the weights outlive what the paper's rule already keeps.
+    top = b.ReduceMax(logits, b.int64([-1]), keepdims=1) if lse_shape is not None else None
     weights = b.Softmax(logits, axis=-1)
+    top_weight = b.ReduceMax(weights, b.int64([-1]), keepdims=1) if lse_shape is not None else None
     out = b.Reshape(b.MatMul(weights, values), out_shape)
     # Softmax of a row of -inf is NaN; such a row (no visible key) must give 0. It is found from
     # the bias alone, so that a NaN coming from the inputs still propagates.
@@ -96,10 +102,6 @@ def _attend(
     out = b.op("Where", empty, zero, out, name=name)
     if lse_shape is None:
         return out, None
-    # The log-normaliser without a second pass of exponentials: at a row's largest logit m the
-    # softmax is p_max = exp(m - lse) >= 1 / K, so lse = m - log(p_max) is exact to rounding.
-    top = b.ReduceMax(logits, b.int64([-1]), keepdims=1)
-    top_weight = b.ReduceMax(weights, b.int64([-1]), keepdims=1)
     lse = b.Reshape(b.Sub(top, b.Log(top_weight)), lse_shape)
     return out, b.op("Where", empty, neg_inf, lse, name=f"{name}_lse")
 
@@ -313,9 +315,13 @@ def build_function(
     key = b.Unsqueeze(b.Range(zero_i, Nk, one_i), i64([0]))  # [1, Nk]
     visible = b.Or(bidirectional, b.LessOrEqual(key, b.Unsqueeze(b.Add(dense_rows, offset), i64([1]))))
     if taylor:
-        gap = b.Abs(b.Sub(b.Unsqueeze(dense_rows, i64([1])), key))
-        far = b.And(b.GreaterOrEqual(gap, W), b.GreaterOrEqual(key, S))  # [nD, Nk]
-        visible = b.And(visible, b.Or(b.Not(b.Unsqueeze(is_anchor_row, i64([1]))), far))
+        # Long-range keys of anchor a: S <= j <= a - W, or j >= max(a + W, S). Written as per-row
+        # bounds against the key index, so each [nD, Nk] step is one comparison; tail rows get
+        # the bound 0 on the right, which every key passes.
+        rows_col = b.Unsqueeze(dense_rows, i64([1]))  # [nD, 1]
+        left = b.And(b.GreaterOrEqual(key, S), b.LessOrEqual(key, b.Sub(rows_col, W)))
+        right_start = b.Where(b.Unsqueeze(is_anchor_row, i64([1])), b.Max(b.Add(rows_col, W), S), zero_i)
+        visible = b.And(visible, b.Or(left, b.GreaterOrEqual(key, right_start)))
     dense_bias = b.Where(visible, zero, neg_inf)  # [nD, Nk]
     dense_user = b.Gather(m5, b.Min(dense_rows, last_mask_row), axis=3)  # [Bm, h1, h2, nD, Mk]
     # With taylor one product gives both the output and the mean key of every dense row.
