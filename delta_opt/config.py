@@ -125,6 +125,7 @@ class DeltaConfig:
         correction: the rule that corrects rows ``[0, Np)`` (:class:`Correction`): ``paper`` (the
             default, DESIGN §1), ``none`` (sparse rows stay sparse) or ``taylor`` (see
             :mod:`delta_opt.plan`).
+        retrieve: K >= 0 long-range keys each anchor picks for the rows it corrects (0: none).
         layer_plans: per-layer overrides ``{layer index: LayerPlan}`` — per-head rules and
             optionally W and G — usually chosen by :func:`delta_opt.calibrate`.
         impl: which eager implementation runs the op (:class:`Impl`; strings are accepted).
@@ -138,6 +139,7 @@ class DeltaConfig:
     dense_layers: tuple[int, ...] = ()
     dense_modules: tuple[str, ...] = ()
     correction: Correction = Correction.PAPER
+    retrieve: int = 0
     layer_plans: tuple[tuple[int, LayerPlan], ...] = ()
     impl: Impl = Impl.AUTO
 
@@ -154,6 +156,7 @@ class DeltaConfig:
         # Frozen dataclass: coerce a string selector to the enum through object.__setattr__.
         object.__setattr__(self, "impl", Impl.parse(self.impl))
         object.__setattr__(self, "correction", Correction.parse(self.correction))
+        _check_int("retrieve", self.retrieve, 0)
         object.__setattr__(self, "layer_plans", _layer_plans(self.layer_plans))
 
     @property
@@ -195,6 +198,7 @@ class DeltaConfig:
             "stride": stride,
             "tail": default_tail(stride) if self.tail is None else self.tail,
             "correction": correction,
+            "retrieve": plan.retrieve if plan is not None and plan.retrieve is not None else self.retrieve,
             "impl": self.impl.value,
         }
 

@@ -20,6 +20,12 @@ output *worse* than no correction. Two more rules are available:
   At an anchor (q_i = q_a) this is exactly dense attention. It reads no key or query after row
   i. It costs one more product (weights x K) on the anchor rows and O(D) per row.
 
+Retrieval (``retrieve=K``, any rule): each anchor also picks its K highest-scoring long-range
+keys, and the rows it corrects attend to them exactly, as part of their sparse set; the rules
+then apply to what is left (``taylor`` extrapolates the mass of the remaining long-range keys).
+It catches the few distant keys a head attends to sharply — a needle, a copied span — which no
+extrapolation of an average can. Cost: K more keys per row, and a top-K over each anchor's scores.
+
 A :class:`LayerPlan` overrides the rule per query head (and optionally W and G) for one layer;
 :func:`delta_opt.calibrate` chooses plans from real activations.
 """
@@ -106,20 +112,22 @@ class LayerPlan:
         corrections: one :class:`Correction` per query head; empty means the config's rule.
         window: this layer's window W (None: the config's).
         stride: this layer's stride G (None: the config's); the tail follows the config's rule.
+        retrieve: this layer's number of retrieved keys per anchor (None: the config's).
     """
 
     corrections: tuple[Correction, ...] = ()
     window: int | None = None
     stride: int | None = None
+    retrieve: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.corrections, str) or not isinstance(self.corrections, (tuple, list)):
             raise ValueError(f"corrections must be a list of rule names; got {self.corrections!r}")
         object.__setattr__(self, "corrections", tuple(Correction.parse(c) for c in self.corrections))
-        for name in ("window", "stride"):
+        for name, minimum in (("window", 1), ("stride", 1), ("retrieve", 0)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None; got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+                raise ValueError(f"{name} must be an integer >= {minimum} or None; got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"corrections": [c.value for c in self.corrections]}
@@ -127,13 +135,15 @@ class LayerPlan:
             out["window"] = self.window
         if self.stride is not None:
             out["stride"] = self.stride
+        if self.retrieve is not None:
+            out["retrieve"] = self.retrieve
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LayerPlan":
         if not isinstance(data, Mapping):
             raise ValueError(f"a layer plan must be a mapping; got {data!r}")
-        valid = ("corrections", "window", "stride")
+        valid = ("corrections", "window", "stride", "retrieve")
         unknown = sorted(set(data) - set(valid))
         if unknown:
             raise ValueError(f"unknown layer plan key(s) {', '.join(map(repr, unknown))}; valid keys are {', '.join(valid)}")

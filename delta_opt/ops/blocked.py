@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..plan import Correction, parse_corrections
 from .checks import AttentionShape, check_inputs, num_corrected_rows, resolve_scale, resolve_tail
-from .long_range import attend_with_lse, long_range_stats, taylor_mix
+from .long_range import attend_with_lse, long_range_stats, merge_retrieved, taylor_mix
 
 __all__ = ["delta_attention_blocked", "default_block_size"]
 
@@ -250,6 +250,7 @@ def delta_attention_blocked(
     tail: int | None = None,
     scale: float | None = None,
     correction: str = "paper",
+    retrieve: int = 0,
     block_size: int | None = None,
 ) -> torch.Tensor:
     """Delta Attention in O(N (W + S) + N^2 / G) time and O(N) extra memory beyond the output.
@@ -257,7 +258,7 @@ def delta_attention_blocked(
     Args:
         q: [B, Hq, Nq, D]; k: [B, Hkv, Nk, D]; v: [B, Hkv, Nk, Dv]; ``Hq % Hkv == 0``.
         attn_mask: bool (True = may attend) or additive float, broadcastable to [B, Hq, Nq, Nk].
-        causal, window, sinks, stride, tail, scale, correction: as in
+        causal, window, sinks, stride, tail, scale, correction, retrieve: as in
             :func:`delta_attention_reference`.
         block_size: queries per block of the sparse pass (default :func:`default_block_size`).
 
@@ -266,7 +267,7 @@ def delta_attention_blocked(
     """
     shape: AttentionShape = check_inputs(
         q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
-        correction=correction,
+        correction=correction, retrieve=retrieve,
     )
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be an integer >= 1 or None; got {block_size!r}")
@@ -294,7 +295,7 @@ def delta_attention_blocked(
 
     params = dict(
         n_corrected=n_corrected, causal=causal, window=window, sinks=sinks, stride=stride, scale=scale,
-        dtype=dtype, block=block_size or default_block_size(window),
+        dtype=dtype, block=block_size or default_block_size(window), retrieve=retrieve,
     )
     if len(set(rules)) == 1:
         out = _delta_one_rule(q, k, v, mask, rules[0], **params)
@@ -332,6 +333,7 @@ def _delta_one_rule(
     scale: float,
     dtype: torch.dtype,
     block: int,
+    retrieve: int,
 ) -> torch.Tensor:
     """Delta Attention of every head of q under one correction rule; [B, Hq, N, Dv] in ``dtype``."""
     B, Hq, n, _ = q.shape
@@ -342,27 +344,41 @@ def _delta_one_rule(
     dense_kwargs = dict(causal=causal, offset=0, scale=scale, dtype=dtype)
     sparse_kwargs = dict(n_rows=n_corrected, causal=causal, window=window, sinks=sinks, scale=scale, block=block)
 
-    if rule is Correction.PAPER:
-        # Dense rows: the anchors 0, G, ..., Np - G and the tail [Np, N), in one pass.
-        dense = _dense_rows(q, k, v, mask, torch.cat([anchors, tail_rows]), **dense_kwargs)
-        out[:, :, n_corrected:] = dense[:, :, n_anchors:]
-        _sparse_rows(q, k, v, mask, out, **sparse_kwargs)
-        # O(i) = O_s(i) + O_d(a) - O_s(a): one delta per anchor, broadcast over its G rows.
-        corrected = out[:, :, :n_corrected].unflatten(2, (n_anchors, stride))
-        delta = dense[:, :, :n_anchors] - corrected[:, :, :, 0]
-        corrected += delta.unsqueeze(3)
-        return out
-
-    out[:, :, n_corrected:] = _dense_rows(q, k, v, mask, tail_rows, **dense_kwargs)
-    if rule is Correction.NONE:
-        _sparse_rows(q, k, v, mask, out, **sparse_kwargs)
-        return out
-
-    lse_s = q.new_empty(B, Hq, n_corrected, dtype=dtype)
-    _sparse_rows(q, k, v, mask, out, **sparse_kwargs, lse=lse_s)
-    stats = long_range_stats(
-        q, k, v, mask, anchors, causal=causal, window=window, sinks=sinks, scale=scale, dtype=dtype,
-        chunk_elements=_DENSE_CHUNK_ELEMENTS,
+    long_range = dict(
+        causal=causal, window=window, sinks=sinks, scale=scale, dtype=dtype, chunk_elements=_DENSE_CHUNK_ELEMENTS,
+        retrieve=retrieve,
     )
-    taylor_mix(out[:, :, :n_corrected], lse_s, q[:, :, :n_corrected], *stats, stride=stride, scale=scale)
+
+    def sparse_part(lse: torch.Tensor | None, picked: torch.Tensor | None) -> None:
+        """Rows [0, Np) attend to their window and sinks, plus their anchor's picked keys."""
+        _sparse_rows(q, k, v, mask, out, **sparse_kwargs, lse=lse)
+        if picked is not None:
+            merge_retrieved(
+                out[:, :, :n_corrected], lse, q, k, v, mask, picked, stride=stride, window=window, sinks=sinks,
+                scale=scale,
+            )
+
+    # With retrieval, the sparse part needs its log-normalisers to merge the picked keys in.
+    lse_s = q.new_empty(B, Hq, n_corrected, dtype=dtype) if retrieve or rule is Correction.TAYLOR else None
+    if rule is Correction.TAYLOR:
+        out[:, :, n_corrected:] = _dense_rows(q, k, v, mask, tail_rows, **dense_kwargs)
+        lse_r, out_r, mean_key, picked = long_range_stats(q, k, v, mask, anchors, **long_range)
+        sparse_part(lse_s, picked)
+        taylor_mix(out[:, :, :n_corrected], lse_s, q[:, :, :n_corrected], lse_r, out_r, mean_key, stride=stride, scale=scale)
+        return out
+
+    picked = long_range_stats(q, k, v, mask, anchors, **long_range, stats=False)[3] if retrieve else None
+    if rule is Correction.NONE:
+        out[:, :, n_corrected:] = _dense_rows(q, k, v, mask, tail_rows, **dense_kwargs)
+        sparse_part(lse_s, picked)
+        return out
+
+    # Paper: dense rows are the anchors 0, G, ..., Np - G and the tail [Np, N), in one pass.
+    dense = _dense_rows(q, k, v, mask, torch.cat([anchors, tail_rows]), **dense_kwargs)
+    out[:, :, n_corrected:] = dense[:, :, n_anchors:]
+    sparse_part(lse_s, picked)
+    # O(i) = O_s(i) + O_d(a) - O_s(a): one delta per anchor, broadcast over its G rows.
+    corrected = out[:, :, :n_corrected].unflatten(2, (n_anchors, stride))
+    delta = dense[:, :, :n_anchors] - corrected[:, :, :, 0]
+    corrected += delta.unsqueeze(3)
     return out

@@ -60,6 +60,7 @@ def check_inputs(
     tail: int | None,
     scale: float | None,
     correction: str = "paper",
+    retrieve: int = 0,
 ) -> AttentionShape:
     """Validate the arguments of ``delta_attention`` and return their sizes.
 
@@ -109,6 +110,7 @@ def check_inputs(
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"scale must be a finite float or None (1/sqrt(D)); got {scale!r}")
     parse_corrections(correction, Hq)
+    _check_int("retrieve", retrieve, 0)
     return AttentionShape(B, Hq, Hkv, Nq, Nk, D, Dv)
 
 

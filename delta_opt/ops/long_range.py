@@ -3,6 +3,7 @@
 - :func:`attend_with_lse`: one block of attention that also returns each row's log-normaliser;
 - :func:`long_range_stats`: for anchor rows, attention restricted to the keys outside their window
   and sinks — its log-normaliser, output and mean key;
+- :func:`merge_retrieved`: adds each anchor's retrieved keys to the sparse attention of its rows;
 - :func:`taylor_mix`: mixes each row's sparse output with its anchor's long-range output.
 
 Grouped-query heads are handled by folding the query heads of a kv head into the row dimension
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["attend_with_lse", "long_range_stats", "taylor_mix"]
+__all__ = ["attend_with_lse", "long_range_stats", "merge_retrieved", "taylor_mix"]
 
 _NEG_INF = float("-inf")
 
@@ -83,15 +84,21 @@ def long_range_stats(
     scale: float,
     dtype: torch.dtype,
     chunk_elements: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    retrieve: int = 0,
+    stats: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Attention of the anchor rows over their long-range keys only.
 
     The long-range keys of anchor a are those dense attention may see but the sparse part may
     not: ``|a - j| >= W and j >= S`` (and ``j <= a`` when causal). ``mask`` is the user's mask as
-    a 4-D tensor (bool or additive) or None.
+    a 4-D tensor (bool or additive) or None. With ``retrieve=K`` the anchor's K highest-scoring
+    long-range keys (ties to the lower index) are picked out and left out of the statistics,
+    which then cover the remaining long-range keys.
 
-    Returns (lse_r [B, Hq, A], out_r [B, Hq, A, Dv], mean_key [B, Hq, A, D]) in ``dtype``, where
-    A = len(anchors); an anchor with no long-range key has lse -inf and zero output and mean key.
+    Returns (lse_r [B, Hq, A], out_r [B, Hq, A, Dv], mean_key [B, Hq, A, D], picked) in ``dtype``,
+    where A = len(anchors) and ``picked`` is [B, Hq, A, K] int64 key indices, -1 where an anchor
+    has fewer than K long-range keys (None when ``retrieve`` is 0). An anchor with no remaining
+    long-range key has lse -inf and zero output and mean key. ``stats=False`` only picks.
     """
     B, Hq, _, D = q.shape
     Hkv, n_k, Dv = k.shape[1], k.shape[2], v.shape[3]
@@ -99,6 +106,7 @@ def long_range_stats(
     lse_r = q.new_full((B, Hq, n_anchors), _NEG_INF, dtype=dtype)
     out_r = q.new_zeros((B, Hq, n_anchors, Dv), dtype=dtype)
     mean_key = q.new_zeros((B, Hq, n_anchors, D), dtype=dtype)
+    picked = q.new_full((B, Hq, n_anchors, retrieve), -1, dtype=torch.long) if retrieve > 0 else None
     kv = torch.cat([v, k], dim=-1)  # one product gives both the output and the mean key
     chunk = max(1, chunk_elements // max(1, n_k))
     for c0 in range(0, n_anchors, chunk):
@@ -119,13 +127,97 @@ def long_range_stats(
             bias = bias.masked_fill(~user, _NEG_INF) if user.dtype == torch.bool else bias + user.to(dtype)
         qf = _fold(q.index_select(2, rows).to(dtype), Hkv)
         scores = (qf @ k[:, :, :n_keys].to(dtype).transpose(-1, -2)) * scale + _fold_mask(bias, Hq, Hkv)
+        span = slice(c0, c0 + rows.numel())
+        if picked is not None:
+            count = min(retrieve, n_keys)
+            order = scores.sort(dim=-1, descending=True, stable=True).indices[..., :count]
+            valid = scores.gather(-1, order) > _NEG_INF  # fewer long-range keys than K: fewer picks
+            picked[:, :, span, :count] = _unfold(torch.where(valid, order, -1), Hq)
+            scores = scores.scatter(-1, order, _NEG_INF)  # the rest is what the statistics cover
+        if not stats:
+            continue
         lse = torch.logsumexp(scores, dim=-1)
         weights = torch.exp(scores - torch.where(torch.isfinite(lse), lse, 0.0).unsqueeze(-1))
         both = _unfold(weights @ kv[:, :, :n_keys].to(dtype), Hq)
-        lse_r[:, :, c0 : c0 + rows.numel()] = _unfold(lse, Hq)
-        out_r[:, :, c0 : c0 + rows.numel()] = both[..., :Dv]
-        mean_key[:, :, c0 : c0 + rows.numel()] = both[..., Dv:]
-    return lse_r, out_r, mean_key
+        lse_r[:, :, span] = _unfold(lse, Hq)
+        out_r[:, :, span] = both[..., :Dv]
+        mean_key[:, :, span] = both[..., Dv:]
+    return lse_r, out_r, mean_key, picked
+
+
+def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, Hkv, N, E] at index [B, Hq, A, K] (per query head) -> [B, Hq, A, K, E], without repeating x."""
+    B, Hkv, _, E = x.shape
+    Hq, A, K = index.shape[1:]
+    folded = index.reshape(B, Hkv, -1, 1).expand(-1, -1, -1, E)
+    return x.gather(2, folded).reshape(B, Hq, A, K, E)
+
+
+def merge_retrieved(
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    picked: torch.Tensor,
+    *,
+    stride: int,
+    window: int,
+    sinks: int,
+    scale: float,
+    chunk_anchors: int = 64,
+) -> None:
+    """Widen the sparse attention of rows [0, Np) by their anchor's picked keys, in place.
+
+    out [B, Hq, Np, Dv] and lse [B, Hq, Np] hold the window + sink attention and its
+    log-normaliser; picked [B, Hq, A, K] the keys (-1: none) of each anchor (A = Np / G). Row i
+    attends to the picked keys of its anchor that are dense for it and not already in its window
+    or sinks; the two parts are merged by their log-normalisers. ``mask`` is the user's 4-D mask
+    or None. Causality needs no check: a causal anchor picks only keys j <= a - W < i.
+    """
+    B, Hq, n_rows, Dv = out.shape
+    n_anchors = picked.shape[2]
+    dtype = out.dtype
+    for a0 in range(0, n_anchors, chunk_anchors):
+        a1 = min(a0 + chunk_anchors, n_anchors)
+        index = picked[:, :, a0:a1]  # [B, Hq, A', K]
+        safe = index.clamp_min(0)
+        keys = _gather_keys(k, safe).to(dtype)  # [B, Hq, A', K, D]
+        values = _gather_keys(v, safe).to(dtype)
+        rows = torch.arange(a0 * stride, a1 * stride, device=q.device).view(a1 - a0, stride, 1)
+        q_rows = q[:, :, a0 * stride : a1 * stride].to(dtype).unflatten(2, (a1 - a0, stride))
+        scores = scale * torch.einsum("bhagd,bhakd->bhagk", q_rows, keys)  # [B, Hq, A', G, K]
+        j = index.unsqueeze(3)  # [B, Hq, A', 1, K]
+        keep = (j >= 0) & ((rows - j).abs() >= window) & (j >= sinks)
+        if mask is not None:
+            user = _mask_at(mask, rows, j, B, Hq)
+            if user.dtype == torch.bool:
+                keep &= user
+            else:
+                scores = scores + user.to(dtype)
+        scores = scores.masked_fill(~keep, _NEG_INF)
+        lse_b = torch.logsumexp(scores, dim=-1)  # [B, Hq, A', G]
+        weights = torch.exp(scores - torch.where(torch.isfinite(lse_b), lse_b, 0.0).unsqueeze(-1))
+        out_b = torch.einsum("bhagk,bhake->bhage", weights, values)
+        span = slice(a0 * stride, a1 * stride)
+        lse_a = lse[:, :, span].unflatten(2, (a1 - a0, stride))
+        total = torch.logaddexp(lse_a, lse_b)
+        share_a = torch.where(torch.isfinite(total), torch.exp(lse_a - total), 0.0).unsqueeze(-1)
+        share_b = torch.where(torch.isfinite(total), torch.exp(lse_b - total), 0.0).unsqueeze(-1)
+        merged = share_a * out[:, :, span].unflatten(2, (a1 - a0, stride)) + share_b * out_b
+        out[:, :, span] = merged.flatten(2, 3)
+        lse[:, :, span] = total.flatten(2, 3)
+
+
+def _mask_at(mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """The 4-D user mask at query rows [A', G, 1] and key columns [B, Hq, A', 1, K] -> [B, Hq, A', G, K]."""
+    Bm, Hm, Qm, Km = mask.shape
+    b = torch.arange(batch, device=mask.device).view(-1, 1, 1, 1, 1) if Bm > 1 else 0
+    h = torch.arange(heads, device=mask.device).view(1, -1, 1, 1, 1) if Hm > 1 else 0
+    i = rows if Qm > 1 else 0
+    j = cols.clamp_min(0) if Km > 1 else 0
+    return mask[b, h, i, j].expand(batch, heads, *rows.shape[:2], cols.shape[-1])
 
 
 def taylor_mix(

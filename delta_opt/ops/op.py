@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 _SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor? attn_mask=None, *, bool causal, int window=2048, "
     "int sinks=1024, int stride=64, int? tail=None, float? scale=None, str correction=\"paper\", "
-    "str impl=\"auto\") -> Tensor"
+    "int retrieve=0, str impl=\"auto\") -> Tensor"
 )
 
 
@@ -45,6 +45,7 @@ class Implementation(Protocol):
         tail: int | None,
         scale: float | None,
         correction: str,
+        retrieve: int,
     ) -> torch.Tensor: ...
 
 
@@ -103,13 +104,14 @@ def _delta_attention_op(
     tail: int | None = None,
     scale: float | None = None,
     correction: str = "paper",
+    retrieve: int = 0,
     impl: str = "auto",
 ) -> torch.Tensor:
     chosen = resolve_impl(impl, q.device)
     fn = _IMPLS[chosen][0]
     return fn(
         q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
-        correction=correction,
+        correction=correction, retrieve=retrieve,
     )
 
 
@@ -127,12 +129,13 @@ def _delta_attention_fake(
     tail: int | None = None,
     scale: float | None = None,
     correction: str = "paper",
+    retrieve: int = 0,
     impl: str = "auto",
 ) -> torch.Tensor:
     # Validate while tracing too, so a bad site fails at export time, not at run time.
     check_inputs(
         q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
-        correction=correction,
+        correction=correction, retrieve=retrieve,
     )
     Impl.parse(impl)
     return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
@@ -151,6 +154,7 @@ def delta_attention(
     tail: int | None = None,
     scale: float | None = None,
     correction: Correction | str | Sequence[Correction | str] = Correction.PAPER,
+    retrieve: int = 0,
     impl: Impl | str = Impl.AUTO,
 ) -> torch.Tensor:
     """Delta Attention (DESIGN §1): sliding window + sinks, corrected on every G-th row.
@@ -170,6 +174,8 @@ def delta_attention(
             ``"paper"`` (DESIGN §1, the default), ``"none"`` or ``"taylor"`` (see
             :mod:`delta_opt.plan`) — one rule, or one per query head (a sequence, or a
             comma-separated string).
+        retrieve: K >= 0; each anchor's K highest-scoring long-range keys join the sparse set
+            of the rows it corrects (see :mod:`delta_opt.plan`).
         impl: ``"auto"``, ``"reference"``, ``"blocked"`` or ``"triton"``.
 
     Returns:
@@ -181,7 +187,7 @@ def delta_attention(
         correction = correction.value
     check_inputs(
         q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
-        correction=correction,
+        correction=correction, retrieve=retrieve,
     )
     impl = Impl.parse(impl)
     return torch.ops.delta_opt.delta_attention(
@@ -196,5 +202,6 @@ def delta_attention(
         tail=tail,
         scale=None if scale is None else float(scale),
         correction=correction,
+        retrieve=retrieve,
         impl=impl.value,
     )

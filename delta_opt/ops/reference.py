@@ -19,6 +19,12 @@ Other correction rules (``correction=``, one per query head or one for all; :mod
 "none" keeps O_s(i) for i < Np; "taylor" mixes O_s(i) with the anchor's long-range output
 O_r(a), weighted by sigmoid(l_r(a) + s (q_i - q_a) . mu(a) - l_s(i)).
 
+``retrieve=K`` (K >= 1) widens the sparse set of the corrected rows: each anchor a picks the K
+long-range keys (dense for a, outside its window and sinks) with the highest scores
+s q_a.k_j + bias(a, j) — ties to the lower index — and every row i of its block also attends to
+those of them that are dense for i: sparse'(i, j) = sparse(i, j) or (j in top_K(a) and
+dense(i, j)). Every rule then reads sparse' where it reads sparse.
+
 A float ``attn_mask`` is added to the scores; its ``-inf`` entries are keys that may not be
 attended. When Nq != Nk (decode steps, chunked prefill) the result is dense attention with the
 causal diagonal aligned bottom-right: query i sees keys ``j <= i + Nk - Nq``.
@@ -49,6 +55,24 @@ def masked_attention(scores: torch.Tensor, allowed: torch.Tensor, v: torch.Tenso
     return weights @ v
 
 
+def _retrieved(
+    scores: torch.Tensor,
+    dense: torch.Tensor,
+    sparse: torch.Tensor,
+    rows: torch.Tensor,
+    anchors: torch.Tensor,
+    count: int,
+) -> torch.Tensor:
+    """The keys rows [0, Np) gain from their anchor's top-``count`` long-range keys, [B, H, N, N] bool."""
+    far = (dense & ~sparse)[:, :, anchors]  # long-range keys of each row's anchor
+    candidates = scores[:, :, anchors].masked_fill(~far, float("-inf"))
+    order = candidates.sort(dim=-1, descending=True, stable=True).indices[..., :count]
+    picked = torch.zeros_like(far).scatter(-1, order, True) & far  # fewer candidates than K: fewer picks
+    extra = torch.zeros_like(dense)
+    extra[:, :, rows] = picked & dense[:, :, rows]
+    return extra
+
+
 def delta_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -62,6 +86,7 @@ def delta_attention_reference(
     tail: int | None = None,
     scale: float | None = None,
     correction: str = "paper",
+    retrieve: int = 0,
 ) -> torch.Tensor:
     """Delta Attention exactly as specified, computed in the dtype of ``q``.
 
@@ -71,13 +96,14 @@ def delta_attention_reference(
         causal, window, sinks, stride, tail, scale: see DESIGN §1; ``tail=None`` is
             ``max(128, stride)``, ``scale=None`` is ``1/sqrt(D)``.
         correction: "paper", "none" or "taylor", or a comma-separated list, one per query head.
+        retrieve: K >= 0 long-range keys each anchor picks for the rows of its block.
 
     Returns:
         [B, Hq, Nq, Dv] in the dtype of q.
     """
     shape = check_inputs(
         q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
-        correction=correction,
+        correction=correction, retrieve=retrieve,
     )
     rules = parse_corrections(correction, shape.q_heads)
     scale = resolve_scale(scale, shape.head_dim)
@@ -112,6 +138,9 @@ def delta_attention_reference(
     n_corrected = num_corrected_rows(n, stride, tail)
     rows = torch.arange(n_corrected, device=q.device)
     anchors = (rows // stride) * stride
+    if retrieve > 0 and n_corrected > 0:
+        sparse = sparse | _retrieved(scores, dense, sparse, rows, anchors, retrieve)
+        out_sparse = masked_attention(scores, sparse, v)
     corrected = {
         Correction.PAPER: out_sparse[:, :, rows] + out_dense[:, :, anchors] - out_sparse[:, :, anchors],
         Correction.NONE: out_sparse[:, :, rows],

@@ -163,3 +163,70 @@ def test_export_keeps_the_correction():
         program.module()(x.q, x.k, x.v),
         delta_attention_reference(x.q, x.k, x.v, causal=True, window=4, sinks=1, stride=4, correction="taylor"),
     )
+
+
+# ---- retrieval (retrieve=K) -----------------------------------------------------------------
+
+
+@CAUSALITY
+@pytest.mark.parametrize("correction", ["paper", "none", "taylor", "taylor,none,paper,taylor,paper,none"])
+@pytest.mark.parametrize("mask", ["none", "bool", "additive", "key_padding"])
+@pytest.mark.parametrize("retrieve", [1, 6, 500])
+def test_blocked_with_retrieval_matches_reference_float64(causal, correction, mask, retrieve):
+    x = make_inputs(batch=2, q_heads=6, kv_heads=2, n=97, head_dim=16, mask=mask, seed=retrieve)
+    params = dict(causal=causal, window=9, sinks=3, stride=8, tail=13, correction=correction, retrieve=retrieve)
+    expected = delta_attention_reference(x.q, x.k, x.v, x.attn_mask, **params)
+    got = delta_attention_blocked(x.q, x.k, x.v, x.attn_mask, **params, block_size=16)
+    assert (got - expected).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@CAUSALITY
+def test_retrieving_every_long_range_key_with_unit_stride_is_dense(impl, causal):
+    x = make_inputs(batch=1, q_heads=4, kv_heads=2, n=60, head_dim=16, mask="key_padding")
+    dense = delta_attention_reference(x.q, x.k, x.v, x.attn_mask, causal=causal, window=60, sinks=0, stride=1, tail=0)
+    out = impl_fn(impl)(
+        x.q, x.k, x.v, x.attn_mask, causal=causal, window=5, sinks=2, stride=1, tail=4, correction="none", retrieve=60
+    )
+    torch.testing.assert_close(out, dense, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_retrieval_finds_a_needle_the_window_misses(impl):
+    """A far key that the anchor's query matches sharply: retrieval hands it to the whole block."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 96, 16
+    q = torch.randn(1, 1, n, d, generator=g, dtype=torch.float64)
+    k = torch.randn(1, 1, n, d, generator=g, dtype=torch.float64)
+    v = torch.randn(1, 1, n, d, generator=g, dtype=torch.float64)
+    u = torch.randn(d, generator=g, dtype=torch.float64)
+    u = u / u.norm() * d**0.5
+    q[0, 0, 64:72] = 2 * u + 0.1 * q[0, 0, 64:72]  # the block [64, 72) asks for direction u...
+    k[0, 0, 10] = 2 * u  # ...which key 10, far behind the window, answers (score ~16)
+    v[0, 0, 10] = 50.0
+    params = dict(causal=True, window=8, sinks=1, stride=8, tail=8)
+    without = impl_fn(impl)(q, k, v, **params, correction="none")
+    with_needle = impl_fn(impl)(q, k, v, **params, correction="none", retrieve=1)
+    dense = delta_attention_reference(q, k, v, causal=True, window=n, sinks=0, stride=1, tail=0)
+    block = slice(65, 72)
+    assert (without - dense)[..., block, :].abs().max() > 10  # the window alone misses the needle
+    assert (with_needle - dense)[..., block, :].abs().max() < 0.05  # the rest: other far keys, weight ~1e-4
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_retrieval_reads_nothing_after_the_row(impl):
+    x = make_inputs(batch=1, q_heads=4, kv_heads=2, n=80, head_dim=16, seed=6)
+    params = dict(causal=True, window=6, sinks=2, stride=8, tail=8, correction="taylor,none,paper,taylor", retrieve=4)
+    before = impl_fn(impl)(x.q, x.k, x.v, **params)
+    for cut in (20, 50):
+        q2, k2, v2 = x.q.clone(), x.k.clone(), x.v.clone()
+        for t in (q2, k2, v2):
+            t[:, :, cut + 1 :] = torch.randn_like(t[:, :, cut + 1 :]) * 10
+        after = impl_fn(impl)(q2, k2, v2, **params)
+        torch.testing.assert_close(after[:, :, : cut + 1], before[:, :, : cut + 1], rtol=0, atol=1e-12)
+
+
+def test_bad_retrieve_is_rejected():
+    x = make_inputs(n=16, head_dim=8, q_heads=2, kv_heads=1)
+    with pytest.raises(ValueError, match="retrieve must be an integer >= 0; got -1"):
+        delta_opt.delta_attention(x.q, x.k, x.v, causal=True, window=4, sinks=1, stride=4, retrieve=-1)

@@ -34,6 +34,7 @@ def cases(draw):
         block_size=draw(st.one_of(st.none(), st.integers(1, 40))),
         seed=draw(st.integers(0, 2**16)),
         correction=correction if isinstance(correction, str) else ",".join(correction),
+        retrieve=draw(st.sampled_from([0, 0, 1, 3, 200])),
     )
 
 
@@ -49,7 +50,7 @@ def test_blocked_matches_reference_float64(case):
         mask=case["mask"],
         seed=case["seed"],
     )
-    params = {key: case[key] for key in ("causal", "window", "sinks", "stride", "tail", "correction")}
+    params = {key: case[key] for key in ("causal", "window", "sinks", "stride", "tail", "correction", "retrieve")}
     expected = delta_attention_reference(x.q, x.k, x.v, x.attn_mask, **params)
     got = delta_attention_blocked(x.q, x.k, x.v, x.attn_mask, **params, block_size=case["block_size"])
     assert not got.isnan().any()

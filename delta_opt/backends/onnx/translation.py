@@ -66,8 +66,14 @@ class Translation:
             tail: int | None = None,
             scale: float | None = None,
             correction: str = "paper",
+            retrieve: int = 0,
             impl: str = "auto",
         ) -> Any:
+            if retrieve:
+                raise ExportError(
+                    f"retrieve={retrieve}: the DeltaAttention function body does not pick long-range keys; "
+                    "export this model with retrieve=0 or keep it in PyTorch"
+                )
             return self.translate(
                 q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
                 correction=correction,

@@ -4,6 +4,6 @@
 imports polygraphy; TensorRT is imported only when it is installed and a comparison runs.
 """
 
-from .compare import BackendComparison, ComparisonResult, OutputStats, compare, tensorrt_available
+from .compare import BackendComparison, ComparisonResult, OutputStats, compare, compare_runners, tensorrt_available
 
-__all__ = ["BackendComparison", "ComparisonResult", "OutputStats", "compare", "tensorrt_available"]
+__all__ = ["BackendComparison", "ComparisonResult", "OutputStats", "compare", "compare_runners", "tensorrt_available"]

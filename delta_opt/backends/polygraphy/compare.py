@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["BackendComparison", "ComparisonResult", "OutputStats", "compare"]
+__all__ = ["BackendComparison", "ComparisonResult", "OutputStats", "compare", "compare_runners"]
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,6 @@ def compare(
         every feed, with max/mean/median absolute and max relative errors per output.
     """
     from polygraphy.backend.onnxrt import OnnxrtRunner
-    from polygraphy.comparator import Comparator
-    from polygraphy.logger import G_LOGGER
 
     from ..onnx.session import load_session
     from .torch_runner import TorchRunner, metadata_from_session
@@ -165,8 +163,28 @@ def compare(
     else:
         skipped["tensorrt"] = "needs tensorrt (the tensorrt Python package is not importable)"
 
+    return compare_runners(runners, feeds, atol=atol, rtol=rtol, skipped=skipped)
+
+
+def compare_runners(
+    runners: Sequence[Any],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    atol: float,
+    rtol: float,
+    skipped: Mapping[str, str] | None = None,
+) -> ComparisonResult:
+    """Run Polygraphy ``runners`` on ``feeds`` and compare each one after the first against the first.
+
+    Returns a :class:`ComparisonResult` with one :class:`BackendComparison` per compared runner
+    (named after the runner), passed when every output of every feed is within
+    ``|a - b| <= atol + rtol * |b|`` of the first runner's.
+    """
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        results = Comparator.run(runners, data_loader=feeds)
+        results = Comparator.run(list(runners), data_loader=list(feeds))
         accuracy = Comparator.compare_accuracy(
             results,
             comparisons=[(0, i) for i in range(1, len(runners))],
@@ -189,4 +207,4 @@ def compare(
             for name, res in per_output.items()
         )
         backends.append(BackendComparison(runner_name, all(s.passed for s in stats) and bool(stats), stats))
-    return ComparisonResult(passed=all(b.passed for b in backends), backends=tuple(backends), skipped=skipped)
+    return ComparisonResult(passed=all(b.passed for b in backends), backends=tuple(backends), skipped=dict(skipped or {}))

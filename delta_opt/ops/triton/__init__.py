@@ -71,6 +71,7 @@ def delta_attention_triton(
     tail: int | None = None,
     scale: float | None = None,
     correction: str = "paper",
+    retrieve: int = 0,
     blocks: BlockConfig | None = None,
 ) -> torch.Tensor:
     """Delta Attention (DESIGN §1) with the fused Triton kernels.
@@ -89,13 +90,17 @@ def delta_attention_triton(
     """
     shape = check_inputs(
         q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
-        correction=correction,
+        correction=correction, retrieve=retrieve,
     )
     params = dict(causal=causal, window=window, sinks=sinks, stride=stride, tail=resolve_tail(tail, stride))
     reason = unsupported_reason(q, k, v, attn_mask, interpret=q.device.type == "cpu" or interpreter_enabled())
+    if reason is None and retrieve > 0:
+        reason = "retrieve > 0: the kernels do not pick long-range keys yet"
     if reason is not None:
         _log_fallback_once(reason)
-        return delta_attention_blocked(q, k, v, attn_mask, **params, scale=scale, correction=correction)
+        return delta_attention_blocked(
+            q, k, v, attn_mask, **params, scale=scale, correction=correction, retrieve=retrieve
+        )
     from .forward import run_kernels  # imports Triton and the kernels on first use
 
     return run_kernels(

@@ -1,0 +1,61 @@
+"""Fidelity of SmolLM2-135M-Instruct under dense, sparse, sparse + dense tail, and delta attention.
+
+    python benchmarks/fidelity.py -o benchmarks/results/fidelity.json      # the full study (hours on 2 cores)
+    python benchmarks/fidelity.py --n-tokens 1024 --trials 2               # a quick look
+
+Progress goes to a partial JSON (default: OUTPUT.partial.json, or fidelity.partial.json) after
+every unit; rerunning the same command resumes from it. The result (and a Markdown table on
+stderr) is printed when every unit is done; `--table PROGRESS` prints the table of a run so far.
+Probe trials run in an order that covers every depth early (0, 19, 9, 14, 4, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from delta_opt.bench.fidelity import PROBES, load_partial, markdown_table, run, summarize
+from delta_opt.bench.io import write_json
+from delta_opt.eval import STDLIB_TEXTS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-tokens", type=int, default=4096, help="prompt and text length in tokens")
+    parser.add_argument("--eval-tokens", type=int, default=1024, help="perplexity/KL over the last this many tokens")
+    parser.add_argument("--trials", type=int, default=20, help="trials per probe (depths spread over 10-80%%)")
+    parser.add_argument("--texts", nargs="+", default=list(STDLIB_TEXTS), help="standard-library modules")
+    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("-o", "--output", help="write the JSON here (refuses to overwrite without --force)")
+    parser.add_argument("--partial", help="resumable progress file (default: OUTPUT.partial.json)")
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--table", metavar="PROGRESS", help="print the summary of a progress file (partial or not) and exit")
+    args = parser.parse_args()
+    if args.table:
+        state = load_partial(args.table)
+        print(f"{len(state['units'])} units done", file=sys.stderr)
+        print(markdown_table(summarize(state["units"], state["params"])))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    partial = args.partial or (f"{args.output}.partial.json" if args.output else "fidelity.partial.json")
+    result = run(
+        partial=partial,
+        n_tokens=args.n_tokens,
+        eval_tokens=args.eval_tokens,
+        trials=args.trials,
+        texts=tuple(args.texts),
+        probes=tuple(args.probes),
+    )
+    print(json.dumps(result, indent=2))
+    print(markdown_table(result["summary"]), file=sys.stderr)
+    if args.output:
+        write_json(args.output, result, force=args.force)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Calibration chooses per layer by the model's output, and its choice reaches the converted program."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import delta_opt
+from delta_opt import Correction, DeltaConfig
+from delta_opt.calibration import Candidate, calibrate, calibrate_layers
+from delta_opt.eval.metrics import kl_divergence
+from delta_opt.zoo import tiny_llama
+
+CONFIG = DeltaConfig(window=8, sinks=2, stride=4, tail=8, correction="none")
+CANDIDATES = [Candidate("none"), Candidate("paper"), Candidate("taylor", retrieve=4)]
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    model, inputs = tiny_llama(seq_len=96, seed=3)
+    return model, inputs, calibrate_layers(model, inputs, CONFIG, candidates=CANDIDATES)
+
+
+def test_every_layer_is_measured_and_the_best_candidate_kept(calibrated):
+    _, _, report = calibrated
+    assert sorted(report.layers) == [0, 1]
+    assert report.forward_passes == 2 + 2 * len(CANDIDATES)
+    for layer, scores in report.layers.items():
+        assert set(scores) == {"none", "paper", "taylor+r4"}
+        assert report.chosen[layer] == min(scores, key=scores.get)
+    # Greedy from the config's own rule ("none" is a candidate): never worse than before.
+    assert report.calibrated <= report.baseline + 1e-9
+    assert report.objective == "kl"
+
+
+def test_the_plan_reaches_the_converted_program(calibrated):
+    model, inputs, report = calibrated
+    config = report.config
+    assert {layer for layer, _ in config.layer_plans} == {0, 1}
+    for layer, plan in config.layer_plans:
+        chosen = next(c for c in CANDIDATES if c.label == report.chosen[layer])
+        assert plan.corrections == (chosen.correction,) * 4 and plan.retrieve == chosen.retrieve
+    # Re-converting with the calibrated config gives the objective calibration measured.
+    program, _ = delta_opt.optimize(model, inputs, config)
+    with torch.no_grad():
+        dense = model(**inputs).logits
+        converted = program.module()(**inputs).logits
+    assert kl_divergence(dense, converted) == pytest.approx(report.calibrated, rel=1e-5, abs=1e-9)
+
+
+def test_calibrate_returns_the_config_and_round_trips(calibrated):
+    model, inputs, report = calibrated
+    config = calibrate(model, inputs, CONFIG, candidates=CANDIDATES)
+    assert config == report.config
+    assert DeltaConfig.from_dict(config.to_dict()) == config
+    assert "chosen" in str(report) and report.to_dict()["chosen"] == {str(k): v for k, v in report.chosen.items()}
+
+
+def test_bad_arguments():
+    model, inputs = tiny_llama(seq_len=32)
+    with pytest.raises(ValueError, match="candidates must name at least one"):
+        calibrate(model, inputs, CONFIG, candidates=[])
+    with pytest.raises(ValueError, match="objective must be"):
+        calibrate(model, inputs, CONFIG, objective="ppl")
+    with pytest.raises(ValueError, match="retrieve must be an integer >= 0"):
+        Candidate(Correction.NONE, retrieve=-1)
