@@ -281,3 +281,56 @@ def test_int32_limits_over_the_optimization_profile() -> None:
     assert check_ranges(single.layout, single.grid, too_long) == []
     many_heads = plan_stage(DENSE, dataclasses.replace(dyn_batch, q_heads=64, kv_heads=8), a, torch.bfloat16, ARG_NAMES[DENSE])
     assert any("grid dimension y" in p for p in check_ranges(many_heads.layout, many_heads.grid, {**ok, "B": (1, 2048)}))
+
+
+# ---- the node's correction rules in the plan -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("codes", "rules", "anchor_blocks", "taylor"),
+    [
+        ([0], ("paper",) * 4, 1, False),
+        ([1], ("none",) * 4, 0, False),  # no head reads its anchors: no anchor block is launched
+        ([2], ("taylor",) * 4, 1, True),
+        ([2, 0, 1, 1], ("taylor", "paper", "none", "none"), 1, True),
+        ([1, 0, 1, 1], ("none", "paper", "none", "none"), 1, False),
+        ("none,paper,none,none", ("none", "paper", "none", "none"), 1, False),  # the op's string form
+    ],
+    ids=["paper", "none", "taylor", "per-head", "per-head-no-taylor", "string"],
+)
+def test_the_correction_attribute_reaches_the_symbolic_plan(codes, rules, anchor_blocks, taylor) -> None:
+    a = StageAttributes.from_values({**VALUES, "correction": codes, "has_bias": 0})
+    build = plan_stage(DENSE, SYMBOLIC, a, torch.float16, ARG_NAMES[DENSE])
+    plan, at = build.plan, {"B": 2, "Nq": 1000, "Nk": 1000, "Bm": 1}
+    assert [r.value for r in plan.corrections] == list(rules) and a.rule_codes(4) == tuple(Correction(r).code for r in rules)
+    assert evaluate(plan.anchor_blocks, at) == anchor_blocks  # 122 anchors fit one 128-row block
+    assert plan.has_taylor is taylor and build.layout.constants["TAYLOR"] is taylor
+    outputs = {name: [evaluate(x, at) for x in shape] for name, shape in build.outputs.items()}
+    assert outputs["delta"] == [2, 4, 122, 64]
+    assert outputs["mean_key"] == ([2, 4, 122, 64] if taylor else [1]) and outputs["offset"] == ([2, 4, 122] if taylor else [1])
+    pointers = {p.name: p for p in build.layout.params if p.is_pointer}
+    assert pointers["Rules"].kind == "*i32" and pointers["MeanKey"].kind == pointers["Offset"].kind == "*fp32"
+    # The dense grid: anchor blocks, then cdiv(Nq - Np, 128) tail blocks (Np = 976).
+    assert evaluate(grid(DENSE, plan)[0], at) == anchor_blocks + 1
+
+
+def test_stride_one_with_a_none_head_keeps_its_sparse_rows() -> None:
+    """G = 1 makes paper/taylor heads dense, but a ``none`` head stays sparse (as eagerly)."""
+    plain, mixed = attrs(stride=1, correction=[0]), attrs(stride=1, correction=[1, 0, 0, 0])
+    at = {"B": 1, "Nq": 300, "Nk": 300, "Bm": 1}
+    assert evaluate(plan_stage(DENSE, SYMBOLIC, plain, torch.float16, ARG_NAMES[DENSE]).plan.n_corrected, at) == 0
+    plan = plan_stage(DENSE, SYMBOLIC, mixed, torch.float16, ARG_NAMES[DENSE]).plan
+    assert evaluate(plan.n_corrected, at) == evaluate(plan.n_anchors, at) == 300 - 24
+    assert evaluate(delta_rows(Sym.var("Nq"), mixed), at) == 300 - 24 and delta_rows(Sym.var("Nq"), plain) == 1
+
+
+def test_per_head_rules_that_do_not_fit_the_heads_are_refused() -> None:
+    with pytest.raises(UnsupportedNodeError, match="3 rules but q has 4 query heads"):
+        plan_stage(DENSE, SYMBOLIC, attrs(correction=[0, 1, 2]), torch.float16, ARG_NAMES[DENSE])
+    dynamic_heads = dataclasses.replace(SYMBOLIC, q_heads=Sym.var("H"))
+    with pytest.raises(UnsupportedNodeError, match="query head count .* is dynamic"):
+        plan_stage(DENSE, dynamic_heads, attrs(correction=[0, 1, 2, 0]), torch.float16, ARG_NAMES[DENSE])
+    # One rule for every head needs no head count.
+    assert plan_stage(SPARSE, dynamic_heads, attrs(correction=[2]), torch.float16, ARG_NAMES[SPARSE]).plan.has_taylor
+    with pytest.raises(ValueError, match="non-empty"):
+        StageAttributes(True, 8, 1, 4, 4, 0.1, False, corrections=())
