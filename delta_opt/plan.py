@@ -58,6 +58,24 @@ class Correction(str, enum.Enum):
         valid = ", ".join(repr(m.value) for m in cls)
         raise ValueError(f"{name} must be one of {valid}; got {value!r}")
 
+    @property
+    def code(self) -> int:
+        """The rule as an integer, as the Triton kernels and the ONNX node carry it: paper 0, none 1, taylor 2.
+
+        The codes are part of the ONNX node contract (``delta_opt/backends/onnx/schema.py``): never renumber.
+        """
+        return _CODES[self]
+
+    @classmethod
+    def from_code(cls, code: int) -> "Correction":
+        for rule, value in _CODES.items():
+            if value == code and not isinstance(code, bool):
+                return rule
+        raise ValueError(f"a correction code must be one of {sorted(_CODES.values())}; got {code!r}")
+
+
+_CODES = {Correction.PAPER: 0, Correction.NONE: 1, Correction.TAYLOR: 2}
+
 
 def parse_corrections(value: str, heads: int) -> tuple[Correction, ...]:
     """The op's ``correction`` argument as one rule per query head.

@@ -46,7 +46,8 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 @dataclass(frozen=True)
 class AotCase:
     """One checked configuration. ``mask``: "none", "padding" (bool [B,1,1,Nk]) or "key_bias"
-    (additive [B,1,1,Nk], finite biases and -inf padding)."""
+    (additive [B,1,1,Nk], finite biases and -inf padding); ``correction``: the op's rule string
+    (one rule, or one per query head), which the node carries as rule codes."""
 
     name: str
     dtype: str = "bf16"
@@ -63,6 +64,7 @@ class AotCase:
     tail: int | None = None
     mask: str = "none"
     reference_max_len: int = 8192  # the float64 reference runs up to this many keys
+    correction: str = "paper"
 
     @property
     def keys(self) -> int:
@@ -70,7 +72,10 @@ class AotCase:
 
     def attributes(self) -> StageAttributes:
         tail = default_tail(self.stride) if self.tail is None else self.tail
-        return StageAttributes(self.causal, self.window, self.sinks, self.stride, tail, self.head_dim**-0.5, self.mask != "none")
+        return StageAttributes(
+            self.causal, self.window, self.sinks, self.stride, tail, self.head_dim**-0.5, self.mask != "none",
+            corrections=tuple(self.correction.split(",")),
+        )  # fmt: skip
 
 
 CASES: tuple[AotCase, ...] = (
@@ -82,6 +87,10 @@ CASES: tuple[AotCase, ...] = (
             causal=False, window=256, sinks=16, stride=16, tail=40, mask="key_bias"),  # fmt: skip
     AotCase("bf16-D128-decode-16-of-4096", q_len=16, kv_len=4096),
     AotCase("bf16-D64-window-covers-N", q_heads=8, kv_heads=8, q_len=1500, head_dim=64, window=2048),
+    AotCase("bf16-D128-gqa4-8K-taylor", correction="taylor"),
+    # A calibrated per-head plan: taylor, none and paper heads in one node (Hq = 8).
+    AotCase("fp16-D64-per-head-plan", dtype="fp16", q_heads=8, kv_heads=2, q_len=4099, head_dim=64, window=512,
+            sinks=64, stride=32, mask="padding", correction="taylor,none,paper,taylor,none,none,paper,taylor"),  # fmt: skip
 )
 QUICK = tuple(c for c in CASES if c.name in ("bf16-D128-gqa4-8K", "fp16-D64-gqa4-b2-padding"))
 
@@ -163,10 +172,13 @@ def _run_on_device(case: AotCase, artifacts: dict, env: dict[str, int]) -> tuple
     node_mask = _node_mask(mask, dtype)
     bias = graph_bias(node_mask, case.keys) if node_mask is not None else torch.zeros(1, 1, 1, 1, device="cuda")
     scale = torch.tensor([attrs.qk_scale_log2], dtype=torch.float32, device="cuda")
+    rules = torch.tensor(attrs.rule_codes(case.q_heads), dtype=torch.int32, device="cuda")
     shapes = artifacts[DENSE].build.outputs
     out = torch.full([evaluate(d, env) for d in shapes["out"]], float("nan"), dtype=dtype, device="cuda")
-    delta = torch.full([evaluate(d, env) for d in shapes["delta"]], float("nan"), dtype=torch.float32, device="cuda")
-    tensors = dict(q=q, k=k, v=v, bias=bias, scale=scale, out=out, delta=delta, partial=out)
+    # The scratch TensorRT would allocate between the plugins (NaN: a value read unwritten shows).
+    scratch = {name: torch.full([evaluate(d, env) for d in shapes[name]], float("nan"), dtype=torch.float32, device="cuda")
+               for name in ("delta", "mean_key", "offset")}  # fmt: skip
+    tensors = dict(q=q, k=k, v=v, bias=bias, scale=scale, rules=rules, out=out, partial=out, **scratch)
     kernels = {stage: DriverKernel(artifacts[stage].ptx, artifacts[stage].kernel_name) for stage in STAGES}
     loaded = {stage.name: {"registers": kernels[stage].attribute("NUM_REGS"),
                            "local_bytes": kernels[stage].attribute("LOCAL_SIZE_BYTES")} for stage in STAGES}  # fmt: skip
@@ -199,11 +211,13 @@ def _run_on_device(case: AotCase, artifacts: dict, env: dict[str, int]) -> tuple
 def _reference_per_head(q, k, v, mask, params: dict, dtype: torch.dtype) -> torch.Tensor:
     group = q.shape[1] // k.shape[1]
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
+    rules = params["correction"].split(",")  # one rule for every head, or one per head
     for h in range(q.shape[1]):
         kv = slice(h // group, h // group + 1)
         out[:, h : h + 1] = delta_attention_reference(
             q[:, h : h + 1].to(dtype), k[:, kv].to(dtype), v[:, kv].to(dtype),
-            None if mask is None else mask.to(dtype) if mask.dtype != torch.bool else mask, **params,
+            None if mask is None else mask.to(dtype) if mask.dtype != torch.bool else mask,
+            **{**params, "correction": rules[h] if len(rules) > 1 else rules[0]},
         )  # fmt: skip
     return out
 
@@ -214,7 +228,8 @@ def _numerics(case: AotCase, got: torch.Tensor) -> dict[str, Any]:
     dtype = _DTYPES[case.dtype]
     q, k, v, mask = _inputs(case, "cuda")
     attrs = case.attributes()
-    params = dict(causal=case.causal, window=case.window, sinks=case.sinks, stride=case.stride, tail=attrs.tail)
+    params = dict(causal=case.causal, window=case.window, sinks=case.sinks, stride=case.stride, tail=attrs.tail,
+                  correction=case.correction)  # fmt: skip
     result: dict[str, Any] = {"nan_in_output": bool(torch.isnan(got).any())}
     torch.cuda.synchronize()
     t0 = time.perf_counter()

@@ -91,6 +91,14 @@ CHECKS: dict[str, tuple[dict, dict, torch.dtype]] = {
     "bf16-D80-mqa-causal": (dict(q_heads=4, kv_heads=1, head_dim=80), dict(causal=True), torch.bfloat16),
     "fp16-D96-gqa2-bidirectional": (dict(q_heads=4, kv_heads=2, head_dim=96), dict(causal=False), torch.float16),
     "fp32-D64-gqa2-causal": (dict(q_heads=4, kv_heads=2, head_dim=64), dict(causal=True), torch.float32),
+    # The correction rules: the taylor variant of both kernels, and per-head plans.
+    "bf16-D128-gqa4-causal-key_padding-plan": (
+        dict(q_heads=8, kv_heads=2, head_dim=128, mask="key_padding"),
+        dict(causal=True, correction="taylor,paper,none,taylor,none,paper,taylor,taylor"),
+        torch.bfloat16,
+    ),
+    "fp16-D64-mha-bidirectional-taylor": (dict(q_heads=4, kv_heads=4, head_dim=64), dict(causal=False, correction="taylor"), torch.float16),
+    "bf16-D80-mqa-causal-none": (dict(q_heads=4, kv_heads=1, head_dim=80), dict(causal=True, correction="none"), torch.bfloat16),
 }
 
 

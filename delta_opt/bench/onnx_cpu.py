@@ -25,9 +25,9 @@ _EXPORT_LEN = 256
 
 
 class _Delta(torch.nn.Module):
-    def __init__(self, window: int, sinks: int, stride: int) -> None:
+    def __init__(self, window: int, sinks: int, stride: int, correction: str = "paper") -> None:
         super().__init__()
-        self.params = dict(window=window, sinks=sinks, stride=stride)
+        self.params = dict(window=window, sinks=sinks, stride=stride, correction=correction)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from .. import delta_attention
@@ -40,17 +40,33 @@ class _Dense(torch.nn.Module):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def export_models(folder: str | Path, *, batch: int, q_heads: int, kv_heads: int, head_dim: int, window: int, sinks: int, stride: int, inline: bool = False) -> dict[str, Path]:
-    """Export the DeltaAttention layer and the dense SDPA layer (dynamic sequence length) into ``folder``."""
+def export_models(
+    folder: str | Path,
+    *,
+    batch: int,
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    window: int,
+    sinks: int,
+    stride: int,
+    inline: bool = False,
+    corrections: tuple[str, ...] = ("paper",),
+) -> dict[str, Path]:
+    """Export the dense SDPA layer (``"dense"``) and one DeltaAttention layer per correction plan
+    (keyed by the plan; dynamic sequence length) into ``folder``."""
     from ..backends.onnx import export_onnx
 
     folder = Path(folder)
     q, k, v = _inputs(_EXPORT_LEN, batch, q_heads, kv_heads, head_dim)
     seq = torch.export.Dim("seq")
     dims = ({2: seq},) * 3
-    paths = {"delta": folder / "delta.onnx", "dense": folder / "dense.onnx"}
-    export_onnx(_Delta(window, sinks, stride), (q, k, v), paths["delta"], dynamic_shapes=dims, inline=inline, force=True)
+    paths = {"dense": folder / "dense.onnx"}
     export_onnx(_Dense(), (q, k, v), paths["dense"], dynamic_shapes=dims, force=True)
+    for i, correction in enumerate(corrections):
+        paths[correction] = folder / f"delta{i}.onnx"
+        module = _Delta(window, sinks, stride, correction)
+        export_onnx(module, (q, k, v), paths[correction], dynamic_shapes=dims, inline=inline, force=True)
     return paths
 
 
@@ -83,45 +99,70 @@ def run(
     memory: bool = False,
     threads: int | None = None,
     inline: bool = False,
+    corrections: tuple[str, ...] = ("paper",),
     **overrides: int,
 ) -> dict[str, Any]:
+    """Time the dense layer and one DeltaAttention layer per correction plan at each length.
+
+    ``corrections`` are the op's ``correction`` values (a rule, or one per query head); the
+    first is the row's ``"delta"`` (speed-up vs dense). With more than one, ``by_correction``
+    gives each plan's time and its ratio to the first plan's, measured in the same process.
+    """
     params = {**DEFAULTS, **overrides}
     threads = threads or torch.get_num_threads()
+    if not corrections:
+        raise ValueError("corrections must name at least one correction plan")
     shape = {key: params[key] for key in ("batch", "q_heads", "kv_heads", "head_dim")}
+    structure = {key: params[key] for key in ("window", "sinks", "stride")}
     results = []
+    errors: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
-        paths = export_models(folder, **params, inline=inline)
+        paths = export_models(folder, **params, inline=inline, corrections=tuple(corrections))
         for n in ns:
             row: dict[str, Any] = {"n": n}
-            for name in ("dense", "delta"):
-                row[name] = time_call(setup(str(paths[name]), n, threads=threads, **shape), repeat=repeat)
+            timings: dict[str, dict[str, Any]] = {}
+            for name in ("dense", *corrections):
+                timings[name] = time_call(setup(str(paths[name]), n, threads=threads, **shape), repeat=repeat)
                 if memory:
-                    row[name]["peak_extra_bytes"] = peak_extra_rss(
+                    timings[name]["peak_extra_bytes"] = peak_extra_rss(
                         "delta_opt.bench.onnx_cpu:setup", path=str(paths[name]), n=n, threads=threads, **shape
                     )
+            row["dense"], row["delta"] = timings["dense"], timings[corrections[0]]
             row["speedup"] = row["dense"]["median_s"] / row["delta"]["median_s"]
-            cost = attention_cost(n, window=params["window"], sinks=params["sinks"], stride=params["stride"], causal=True)
+            cost = attention_cost(n, **structure, causal=True)
             row["ideal_speedup"] = cost.ideal_speedup
+            if len(corrections) > 1:
+                first = timings[corrections[0]]["median_s"]
+                row["by_correction"] = {
+                    c: {**timings[c], f"time_vs_{corrections[0]}": timings[c]["median_s"] / first,
+                        "speedup_vs_dense": row["dense"]["median_s"] / timings[c]["median_s"]}
+                    for c in corrections
+                }  # fmt: skip
             results.append(row)
         # Correctness of what was timed: ORT's DeltaAttention against the PyTorch op, same inputs.
         n_check = min(ns)
         q, k, v = _inputs(n_check, **shape, seed=1)
-        sess = _session(paths["delta"], threads)
-        got = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
-        expected = delta_attention_blocked(q, k, v, causal=True, window=params["window"], sinks=params["sinks"], stride=params["stride"])
-        max_abs = float(np.abs(got - expected.numpy()).max())
+        for correction in corrections:
+            sess = _session(paths[correction], threads)
+            got = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
+            expected = delta_attention_blocked(q, k, v, causal=True, **structure, correction=correction)
+            errors[correction] = float(np.abs(got - expected.numpy()).max())
     import onnxruntime
 
-    return {
+    result: dict[str, Any] = {
         "benchmark": "onnx_cpu",
         "dtype": "float32",
         "params": params,
         "inline": inline,
         "baseline": "torch.onnx export of scaled_dot_product_attention(is_causal=True, enable_gqa=True), opset 18",
         "machine": {**machine_info(), "onnxruntime": onnxruntime.__version__, "ort_intra_op_threads": threads},
-        f"max_abs_error_vs_pytorch_op_at_{n_check}": max_abs,
+        f"max_abs_error_vs_pytorch_op_at_{n_check}": errors[corrections[0]],
         "results": results,
     }
+    if len(corrections) > 1 or corrections[0] != "paper":
+        result["corrections"] = list(corrections)
+        result[f"max_abs_error_vs_pytorch_op_at_{n_check}_by_correction"] = errors
+    return result
 
 
 def run_smollm2(n: int = 4096, *, repeat: int = 2, threads: int | None = None, export_len: int = 256, **overrides: int) -> dict[str, Any]:

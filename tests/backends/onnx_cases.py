@@ -24,9 +24,10 @@ def trt_ops() -> set[str]:
 
 
 def one_node_model(
-    attrs: NodeAttributes, element_type: int = TensorProto.FLOAT, opset: int = 18
+    attrs: NodeAttributes, element_type: int = TensorProto.FLOAT, opset: int = 18, rules=None
 ) -> onnx.ModelProto:
-    """A model whose graph is one DeltaAttention node over inputs q, k, v, attn_mask."""
+    """A model whose graph is one DeltaAttention node over inputs q, k, v, attn_mask; its body
+    implements ``rules`` (default: the rules the node uses, as ``export_onnx`` builds it)."""
     node = helper.make_node(OP_TYPE, list(INPUTS), ["out"], domain=DOMAIN, name="delta", **attrs.to_onnx())
     dims = {"q": ["B", "Hq", "Nq", "D"], "k": ["B", "Hkv", "Nk", "D"], "v": ["B", "Hkv", "Nk", "Dv"], "attn_mask": ["Bm", "Hm", "Mq", "Mk"]}
     inputs = [helper.make_tensor_value_info(name, element_type, dims[name]) for name in INPUTS]
@@ -35,7 +36,7 @@ def one_node_model(
     return helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, VERSION)],
-        functions=[build_function(element_type, opset)],
+        functions=[build_function(element_type, opset, rules=attrs.correction if rules is None else rules)],
         ir_version=10,
     )
 

@@ -78,7 +78,10 @@ def test_one_node_per_site_with_its_function(exported) -> None:
         "stride": 4,
         "tail": 6,
         "scale": pytest.approx(1 / math.sqrt(16)),
+        "correction": [0],
     }
+    # A paper-only model's body carries none of taylor's work (the leanest body).
+    assert "Sigmoid" not in {n.op_type for n in model.functions[0].node}
 
 
 def test_onnx_runtime_matches_pytorch_at_three_lengths(exported) -> None:
@@ -138,6 +141,54 @@ def test_node_count_equals_the_programs_op_count(tmp_path) -> None:
         y = _inputs("none", 4, 2, n=n, batch=1, seed=n)
         expected = ThreeSites()(y.q, y.k, y.v)
         assert np.abs(sess.run(None, _feed(sess, y.q, y.k, y.v))[0] - expected.numpy()).max() <= ATOL
+
+
+class TwoPlans(torch.nn.Module):
+    """A per-head plan on one site and taylor for every head on another (as a calibrated model)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        a = delta_opt.delta_attention(q, k, v, attn_mask, causal=True, **PARAMS, correction="taylor,none,paper,taylor")
+        return delta_opt.delta_attention(a, k, v, attn_mask, causal=True, **PARAMS, correction="taylor")
+
+
+def test_correction_plans_export_and_match_at_three_lengths(tmp_path) -> None:
+    x = _inputs("key_padding", 4, 2, n=40, batch=2, seed=7)
+    dims = ({0: BATCH, 2: SEQ},) * 3 + (_MASK_DIMS["key_padding"],)
+    result = export_onnx(TwoPlans(), (x.q, x.k, x.v, x.attn_mask), tmp_path / "plans.onnx", dynamic_shapes=dims)
+    model = onnx.load(str(result.path))
+    onnx.checker.check_model(model, full_check=True)
+    codes = [
+        onnx.helper.get_attribute_value(a)
+        for n in model.graph.node
+        if n.op_type == OP_TYPE
+        for a in n.attribute
+        if a.name == "correction"
+    ]
+    assert sorted(codes) == [[2], [2, 1, 0, 2]]
+    # One body for both nodes, built for the rules they use: taylor's mixing is in it.
+    (body,) = model.functions
+    assert "Sigmoid" in {n.op_type for n in body.node}
+    sess = load_session(result.path)
+    for n, batch in ((17, 3), (40, 2), (101, 1)):
+        y = _inputs("key_padding", 4, 2, n=n, batch=batch, seed=n)
+        got = sess.run(None, _feed(sess, y.q, y.k, y.v, y.attn_mask))[0]
+        y64 = y.to(torch.float64)
+        first = delta_attention_reference(y64.q, y64.k, y64.v, y64.attn_mask, causal=True, **PARAMS, correction="taylor,none,paper,taylor")
+        oracle = delta_attention_reference(first, y64.k, y64.v, y64.attn_mask, causal=True, **PARAMS, correction="taylor")
+        assert np.abs(got - oracle.numpy()).max() <= ATOL, n
+
+
+def test_inline_with_a_per_head_plan(tmp_path) -> None:
+    module = DeltaModule(causal=False, **PARAMS, correction="none,taylor,taylor,paper")
+    x = _inputs("none", 4, 2, n=30, batch=1, seed=9)
+    flat = export_onnx(module, (x.q, x.k, x.v), tmp_path / "flat.onnx", dynamic_shapes=({2: SEQ},) * 3, inline=True)
+    model = onnx.load(str(flat.path))
+    assert not model.functions and {n.op_type for n in model.graph.node} <= trt_ops()
+    sess = ort.InferenceSession(str(flat.path))
+    for n in (30, 45):
+        y = _inputs("none", 4, 2, n=n, batch=1, seed=n)
+        expected = delta_attention_reference(y.q.double(), y.k.double(), y.v.double(), causal=False, **PARAMS, correction="none,taylor,taylor,paper")
+        assert np.abs(sess.run(None, _feed(sess, y.q, y.k, y.v))[0] - expected.numpy()).max() <= ATOL, n
 
 
 def test_a_call_repeated_verbatim_shares_one_node(tmp_path) -> None:

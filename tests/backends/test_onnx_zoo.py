@@ -91,3 +91,23 @@ def test_onnx_runtime_matches_the_converted_program(converted) -> None:
         assert len(got) == len(expected)
         for a, b in zip(got, expected):
             assert np.abs(a - b.numpy()).max() <= ATOL, (name, n)
+
+
+def test_per_layer_per_head_plans_export_and_match(tmp_path) -> None:
+    """A config as calibration writes it: taylor by default, a per-head plan on layer 1."""
+    model, _ = _build("llama-gqa")
+    config = DeltaConfig(window=8, sinks=2, stride=4, tail=4, correction="taylor", layer_plans={1: {"corrections": ["none", "taylor", "paper", "taylor"]}})
+    example: dict[str, Any] = {**_inputs("llama-gqa", batch=2, n=40, seed=0), "use_cache": False}
+    dims: dict[str, Any] = {"input_ids": {0: Dim("batch"), 1: Dim("seq", max=128)}, "use_cache": None}
+    result = export_onnx(model, example, tmp_path / "plans.onnx", config=config, dynamic_shapes=dims)
+    nodes = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "DeltaAttention"]
+    codes = [next(onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "correction") for n in nodes]
+    assert sorted(codes) == [[1, 2, 0, 2], [2]]
+    sess = load_session(result.path)
+    reference = result.program.module()
+    for n, batch in ((17, 2), (90, 1)):
+        feed = _inputs("llama-gqa", batch, n, seed=n)
+        with torch.no_grad():
+            expected = reference(**feed, use_cache=False).logits
+        got = sess.run(None, {k: v.numpy() for k, v in feed.items()})[0]
+        assert np.abs(got - expected.numpy()).max() <= ATOL, n

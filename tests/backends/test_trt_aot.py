@@ -42,18 +42,22 @@ from delta_opt.ops.triton.cross_compile import resource_usage
 # (the GPU check's dry run below builds the same variants, from Triton's cache).
 dims = StageDims(Sym.var("q0"), 32, 8, Sym.var("q2"), Sym.var("k2"), 128, 128)
 attrs = StageAttributes(True, 2048, 1024, 64, 128, 128 ** -0.5, False)
+# A calibrated per-head plan with taylor heads: the variant with the long-range sweep compiled in.
+plan = StageAttributes(True, 2048, 1024, 64, 128, 128 ** -0.5, False, corrections=("taylor", "none", "paper", "taylor") * 8)
 report = {}
 # Both kernels for Hopper; for Ampere and Ada one each (same source, the architecture's own
-# shared-memory limit); the fp32 variant (other tiles, exact fp32 products) for Hopper.
-VARIANTS = [(90, torch.bfloat16, s) for s in STAGES] + [
-    (80, torch.bfloat16, STAGES[1]), (89, torch.bfloat16, STAGES[0]), (90, torch.float32, STAGES[1])]
-for arch, dtype, stage in VARIANTS:
+# shared-memory limit); the fp32 variant (other tiles, exact fp32 products) for Hopper; the
+# taylor variant of the dense kernel for Hopper.
+VARIANTS = [(90, torch.bfloat16, s, attrs, "") for s in STAGES] + [
+    (80, torch.bfloat16, STAGES[1], attrs, ""), (89, torch.bfloat16, STAGES[0], attrs, ""),
+    (90, torch.float32, STAGES[1], attrs, ""), (90, torch.bfloat16, STAGES[0], plan, "-taylor")]
+for arch, dtype, stage, stage_attrs, suffix in VARIANTS:
     if True:
-        build = plan_stage(stage, dims, attrs, dtype, kernel_function(stage).arg_names)
+        build = plan_stage(stage, dims, stage_attrs, dtype, kernel_function(stage).arg_names)
         art = compile_stage(build, arch)
         params = entry_params(art.ptx, art.kernel_name)
         kinds = build.layout.slot_kinds()
-        report[f"{stage.name}-sm{arch}-{str(dtype)[6:]}"] = dict(
+        report[f"{stage.name}-sm{arch}-{str(dtype)[6:]}{suffix}"] = dict(
             art.metadata(),
             target=[l.split()[1] for l in art.ptx.splitlines() if l.strip().startswith(".target")][0],
             names=[p.name for p in params], sizes=[p.size for p in params],
@@ -79,7 +83,11 @@ def test_aot_builds_for_hopper_ada_and_ampere() -> None:
 
 def _check_compiled(builds: dict) -> None:
     assert set(builds) == {"dense-sm90-bfloat16", "sparse-sm90-bfloat16", "sparse-sm80-bfloat16",
-                           "dense-sm89-bfloat16", "sparse-sm90-float32"}  # fmt: skip
+                           "dense-sm89-bfloat16", "sparse-sm90-float32", "dense-sm90-bfloat16-taylor"}  # fmt: skip
+    # The taylor variant has the same tensor slots (its mean keys and offsets are read through
+    # them); its int32 extras differ (their unit strides are compile-time constants there).
+    taylor, plain = builds["dense-sm90-bfloat16-taylor"]["kinds"], builds["dense-sm90-bfloat16"]["kinds"]
+    assert taylor.count("ptr") == plain.count("ptr") == 6 + 4 and taylor.count("i32") < plain.count("i32")
     for key, b in builds.items():
         stage, arch = key.split("-")[0], int(key.split("-")[1][2:])
         assert b["target"].startswith(f"sm_{arch}"), key
@@ -128,7 +136,8 @@ def test_gpu_check_dry_run(tmp_path) -> None:
         assert stage["param_names_in_slot_order"] and stage["param_sizes_match_packed_arguments"]
     # The launch at N = 8192 (G = 64, T = 128): Np = 8064 corrected rows, 126 anchors.
     assert dense["launch"]["extras"]["n_corrected"] == sparse["launch"]["extras"]["n_corrected"] == 8064
-    assert dense["launch"]["extras"]["n_rows"] == 126 + 128 and dense["launch"]["grid"] == [2, 32, 1]
+    extras = dense["launch"]["extras"]
+    assert extras["n_anchors"] == 126 and extras["anchor_blocks"] == 1 and dense["launch"]["grid"] == [2, 32, 1]
     assert sparse["launch"]["grid"] == [63, 32, 1] and case["delta_shape"] == [1, 32, 126, 128]
     # The output file is never overwritten without --force.
     again = _run(args=["benchmarks/gpu_aot_check.py", "--dry-run", "--case", "bf16-D128-gqa4-8K", "-o", str(out)])

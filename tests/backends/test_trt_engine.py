@@ -73,10 +73,13 @@ def test_build_engine_checks_everything_it_can_before_tensorrt(model_path, tmp_p
         build_engine(model_path, tmp_path / "e", min_seq_len=64, opt_seq_len=32, max_seq_len=64)
     # A node the kernels cannot serve is refused before TensorRT is needed.
     model = onnx.load(model_path)
-    next(n for n in model.graph.node if n.op_type == "DeltaAttention").attribute.append(helper.make_attribute("correction", "taylor"))
-    refused = tmp_path / "taylor.onnx"
+    node = next(n for n in model.graph.node if n.op_type == "DeltaAttention")
+    (correction,) = [a for a in node.attribute if a.name == "correction"]
+    node.attribute.remove(correction)
+    node.attribute.append(helper.make_attribute("correction", [7]))  # no such rule code
+    refused = tmp_path / "unknown_rule.onnx"
     onnx.save(model, refused)
-    with pytest.raises(UnsupportedNodeError, match="correction='taylor'"):
+    with pytest.raises(UnsupportedNodeError, match=r"correction=\[7\]"):
         build_engine(refused, tmp_path / "e", **lengths)
 
 
@@ -199,8 +202,11 @@ class _Algebra:
         return _RightOnlyInt(min(a.value, b))
 
 
-@pytest.mark.parametrize("stride", [1, 8])
-def test_the_lowering_forms_only_expressions_tensorrt_accepts(stride) -> None:
+@pytest.mark.parametrize(
+    ("stride", "correction"),
+    [(1, "paper"), (8, "paper"), (8, "taylor,none,paper,taylor"), (1, "none,paper,none,none"), (8, "none")],
+)
+def test_the_lowering_forms_only_expressions_tensorrt_accepts(stride, correction) -> None:
     from delta_opt.backends.tensorrt.aot import plan_stage
     from delta_opt.backends.tensorrt.plugin import _lower
     from delta_opt.backends.tensorrt.stages import STAGES, StageAttributes, StageDims
@@ -208,7 +214,7 @@ def test_the_lowering_forms_only_expressions_tensorrt_accepts(stride) -> None:
     from delta_opt.ops.triton import kernels
 
     dims = StageDims(Sym.var("q0"), 4, 2, Sym.var("q2"), Sym.var("k2"), 64, 64, Sym.var("bias0"), 1)
-    attrs = StageAttributes(True, 16, 4, stride, 24, 0.125, True)
+    attrs = StageAttributes(True, 16, 4, stride, 24, 0.125, True, corrections=tuple(correction.split(",")))
     env = {"q0": 3, "q2": 300, "k2": 300, "bias0": 3}
     leaves = {name: _RightOnlyInt(value) for name, value in env.items()}
     for stage in STAGES:

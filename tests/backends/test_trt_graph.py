@@ -61,7 +61,8 @@ def test_each_node_becomes_the_two_plugin_nodes(padded_model) -> None:
     dense, sparse = nodes[DENSE.plugin], nodes[SPARSE.plugin]
     assert "DeltaAttention" not in nodes and not prepared.model.functions  # the body is gone too
     assert list(dense.input[:3]) == list(sparse.input[:3]) == ["q", "k", "v"]
-    assert list(sparse.input[5:]) == list(dense.output)[::-1]  # (delta, partial)
+    assert sparse.input[5] == dense.input[5]  # the rules
+    assert list(sparse.input[6:]) == list(dense.output)[1:] + [dense.output[0]]  # (delta, mean_key, offset, partial)
     assert list(sparse.output) == [o.name for o in original.graph.output]
     for node in (dense, sparse):
         names = [a.name for a in node.attribute]
@@ -84,7 +85,8 @@ def test_the_exporters_no_mask_is_never_read(tmp_path) -> None:
     q, k, v = (torch.randn(1, h, 24, 16) for h in (2, 2, 2))
     prepared = prepare_onnx(onnx.load(_export(tmp_path, DeltaModule(causal=False, **PARAMS), (q, k, v))))
     assert not prepared.nodes[0].has_bias
-    assert {n.op_type for n in prepared.model.graph.node} == {DENSE.plugin, SPARSE.plugin}
+    # Besides the plugins only the rules' Expand(code, Shape(q)[1:2]): no bias ops.
+    assert {n.op_type for n in prepared.model.graph.node} == {DENSE.plugin, SPARSE.plugin, "Shape", "Slice", "Expand"}
 
 
 def _node_model(**attrs) -> onnx.ModelProto:
@@ -93,6 +95,9 @@ def _node_model(**attrs) -> onnx.ModelProto:
     query_dim.Clear()
     query_dim.dim_value = 1  # a key mask [Bm, Hm, 1, Mk]
     node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name not in attrs]
+    del node.attribute[:]
+    node.attribute.extend(kept)
     for name, value in attrs.items():
         node.attribute.append(helper.make_attribute(name, value))
     return model
@@ -100,15 +105,42 @@ def _node_model(**attrs) -> onnx.ModelProto:
 
 def test_nodes_the_kernels_cannot_serve_are_refused_with_every_reason() -> None:
     with pytest.raises(UnsupportedNodeError) as info:
-        prepare_onnx(_node_model(correction="taylor", future_knob=1))
+        prepare_onnx(_node_model(correction=[0, 7], future_knob=1))
     message = str(info.value)
-    assert "correction='taylor'" in message and "implement the paper's rule" in message and "future_knob=1" in message
+    assert "correction=[0, 7]" in message and "must be one of [0, 1, 2]" in message and "future_knob=1" in message
     assert "query dim" not in message
-    assert prepare_onnx(_node_model(correction="paper")).nodes  # the rule the kernels implement
-    # The node contract's rule codes (paper 0, none 1, taylor 2), one or one per query head.
-    assert prepare_onnx(_node_model(correction=[0, 0])).nodes
-    with pytest.raises(UnsupportedNodeError, match=r"correction=\[0, 2\]"):
+    # Every rule of the node contract (paper 0, none 1, taylor 2), one for every query head.
+    for code in (0, 1, 2):
+        assert prepare_onnx(_node_model(correction=[code])).nodes
+    # One per query head needs the head count: this model's q is [B, "Hq", Nq, D].
+    with pytest.raises(UnsupportedNodeError, match=r"query head count \(dim 1 of q\) is dynamic \('Hq'\)"):
         prepare_onnx(_node_model(correction=[0, 2]))
+
+
+def _rules(prepared: onnx.ModelProto, feed: dict) -> np.ndarray:
+    dense = next(n for n in prepared.graph.node if n.op_type == DENSE.plugin)
+    return ReferenceEvaluator(prepared, new_ops=ONNX_OPS).run([dense.input[5]], feed)[0]
+
+
+def test_the_rules_input_holds_every_heads_code(tmp_path) -> None:
+    """One rule: Expand(code, Shape(q)[1:2]) for any head count; one per head: the codes as a
+    constant; a per-head list that does not fit q's static head count is refused."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, h, 24, 16, generator=g) for h in (4, 2, 2))
+    one = prepare_onnx(onnx.load(_export(tmp_path, DeltaModule(causal=True, correction="taylor", **PARAMS), (q, k, v), name="a.onnx")))
+    feed = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
+    rules = _rules(one.model, feed)
+    assert rules.dtype == np.int32 and rules.tolist() == [2] * 4
+    per_head = DeltaModule(causal=True, correction="none,taylor,paper,none", **PARAMS)
+    model = prepare_onnx(onnx.load(_export(tmp_path, per_head, (q, k, v), name="b.onnx"))).model
+    assert _rules(model, feed).tolist() == [1, 2, 0, 1]
+    dense = next(n for n in model.graph.node if n.op_type == DENSE.plugin)
+    assert {a.name: list(helper.get_attribute_value(a)) for a in dense.attribute if a.name == "correction"} == {"correction": [1, 2, 0, 1]}
+    static = _node_model(correction=[0, 2, 1])
+    static.graph.input[0].type.tensor_type.shape.dim[1].Clear()
+    static.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 4
+    with pytest.raises(UnsupportedNodeError, match="3 rules but q has 4 query heads"):
+        prepare_onnx(static)
 
 
 def test_masks_that_vary_per_query_are_refused(tmp_path) -> None:
@@ -201,3 +233,22 @@ def test_every_node_of_a_model_is_rewritten(tmp_path) -> None:
     feed = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
     emulated = ReferenceEvaluator(prepared.model, new_ops=ONNX_OPS).run(None, feed)[0]
     np.testing.assert_allclose(emulated, load_session(path).run(None, feed)[0], atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("correction", ["none", "taylor", "taylor,none,paper,taylor"])
+def test_correction_rules_through_the_prepared_graph(tmp_path, correction) -> None:
+    """The node's rules reach the plugins: the prepared graph computes what ONNX Runtime computes
+    through the function body, and the float64 reference, for each rule and a per-head plan."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, h, 40, 16, generator=g) for h in (4, 2, 2))
+    mask = torch.rand(2, 1, 1, 40, generator=g) > 0.2
+    path = _export(tmp_path, DeltaModule(causal=True, correction=correction, **PARAMS), (q, k, v, mask))
+    prepared = prepare_onnx(onnx.load(path)).model
+    feed = _feed(2, 53, mask=True, seed=11)
+    emulated = ReferenceEvaluator(prepared, new_ops=ONNX_OPS).run(None, feed)[0]
+    body = load_session(path).run(None, feed)[0]
+    x = {k: torch.from_numpy(a) for k, a in feed.items()}
+    oracle = delta_attention_reference(*(x[n].double() for n in "qkv"), x["attn_mask"], causal=True, correction=correction, **PARAMS)
+    assert not np.isnan(emulated).any()
+    np.testing.assert_allclose(emulated, body, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(emulated, oracle.numpy(), atol=2e-6, rtol=0)

@@ -31,9 +31,10 @@ from delta_opt.ops.triton.arguments import (
     sparse_kernel_args,
 )
 from delta_opt.ops.triton.launch import plan_launch
+from delta_opt.plan import Correction
 
 ARG_NAMES = {DENSE: kernels.delta_dense_kernel.arg_names, SPARSE: kernels.delta_sparse_kernel.arg_names}
-VALUES = dict(causal=1, window=64, sinks=16, stride=8, tail=24, scale=0.125)
+VALUES = dict(causal=1, window=64, sinks=16, stride=8, tail=24, scale=0.125, correction=[0])
 
 
 def attrs(**overrides) -> StageAttributes:
@@ -80,14 +81,16 @@ def test_an_attribute_added_to_the_schema_reaches_the_plugins(monkeypatch) -> No
     [
         (dict(correction="paper"), None),
         (dict(correction="paper,paper,paper"), None),
-        (dict(correction="taylor"), "correction"),
-        (dict(correction="paper,none"), "correction"),
+        (dict(correction="taylor"), None),
+        (dict(correction="paper,none"), None),
         (dict(correction="sideways"), "correction"),
         (dict(correction=[0]), None),  # the node's rule codes: paper 0, none 1, taylor 2
         (dict(correction=[0, 0, 0, 0]), None),
-        (dict(correction=[2]), "correction"),
-        (dict(correction=[0, 1]), "correction"),
+        (dict(correction=[2]), None),
+        (dict(correction=[0, 1, 2, 1]), None),
         (dict(correction=[7]), "correction"),
+        (dict(correction=[]), "correction"),
+        (dict(correction=[0.5]), "correction"),
         (dict(window=0), "window"),
         (dict(causal=2), "causal"),
         (dict(scale=float("inf")), "scale"),
@@ -102,7 +105,7 @@ def test_values_the_kernels_cannot_serve_are_named(extra, problem) -> None:
         assert set(reasons) == {problem}
     missing = unserved({k: v for k, v in VALUES.items() if k != "tail"})
     assert "missing" in missing["tail"]
-    assert "paper" in unserved({**VALUES, "correction": "taylor"})["correction"]
+    assert "must be one of [0, 1, 2]; got 7" in unserved({**VALUES, "correction": [0, 7]})["correction"]
     assert "not known to the TensorRT kernels" in unserved({**VALUES, "future_knob": 3})["future_knob"]
 
 
@@ -112,15 +115,19 @@ SPLIT = dict(
     n_q=st.integers(0, 700), extra_keys=st.sampled_from([0, 0, 0, 1, 37]), stride=st.integers(1, 40),
     tail=st.integers(0, 200), window=st.integers(1, 800), dtype=st.sampled_from([torch.float16, torch.float32]),
     head_dim=st.sampled_from([16, 40, 64, 80, 128, 256]),
+    # The node's rule codes for its 4 query heads: one for all (paper, none, taylor) or per head.
+    codes=st.sampled_from([[0], [1], [2], [2, 0, 1, 2], [1, 1, 0, 1], [0, 2, 2, 0]]),
 )  # fmt: skip
 
 
 @given(**SPLIT)
-def test_the_symbolic_plan_is_the_eager_plan(n_q, extra_keys, stride, tail, window, dtype, head_dim) -> None:
-    a = attrs(stride=stride, tail=tail, window=window)
+def test_the_symbolic_plan_is_the_eager_plan(n_q, extra_keys, stride, tail, window, dtype, head_dim, codes) -> None:
+    a = attrs(stride=stride, tail=tail, window=window, correction=codes)
     d = dims(n_q=n_q, n_k=n_q + extra_keys, head_dim=head_dim)
     shape = AttentionShape(d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, d.head_dim, d.value_dim)
-    eager = plan_launch(shape, dtype, causal=True, window=window, sinks=16, stride=stride, tail=tail, scale=0.125)
+    rules = [Correction.from_code(c) for c in codes] * (4 // len(codes))
+    eager = plan_launch(shape, dtype, causal=True, window=window, sinks=16, stride=stride, tail=tail, scale=0.125,
+                        corrections=rules)  # fmt: skip
     on_ints = plan_stage(DENSE, d, a, dtype, ARG_NAMES[DENSE]).plan
     symbolic = plan_stage(DENSE, SYMBOLIC if head_dim == 64 else dataclasses.replace(SYMBOLIC, head_dim=head_dim, value_dim=head_dim),
                           a, dtype, ARG_NAMES[DENSE]).plan  # fmt: skip
@@ -134,12 +141,14 @@ def test_the_symbolic_plan_is_the_eager_plan(n_q, extra_keys, stride, tail, wind
 
 
 @given(**SPLIT)
-def test_grids_and_delta_rows_cover_the_eager_launch(n_q, extra_keys, stride, tail, window, dtype, head_dim) -> None:
-    a = attrs(stride=stride, tail=tail, window=window)
+def test_grids_and_delta_rows_cover_the_eager_launch(n_q, extra_keys, stride, tail, window, dtype, head_dim, codes) -> None:
+    a = attrs(stride=stride, tail=tail, window=window, correction=codes)
     d = dims(n_q=n_q, n_k=n_q + extra_keys)
     plan = plan_stage(DENSE, SYMBOLIC, a, dtype, ARG_NAMES[DENSE]).plan
     shape = AttentionShape(d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, d.head_dim, d.value_dim)
-    eager = plan_launch(shape, dtype, causal=True, window=window, sinks=16, stride=stride, tail=tail, scale=0.125)
+    rules = [Correction.from_code(c) for c in codes] * (4 // len(codes))
+    eager = plan_launch(shape, dtype, causal=True, window=window, sinks=16, stride=stride, tail=tail, scale=0.125,
+                        corrections=rules)  # fmt: skip
     dense_grid = [evaluate(g, env(d)) for g in grid(DENSE, plan)]
     sparse_grid = [evaluate(g, env(d)) for g in grid(SPARSE, plan)]
     # Same grids, except that an empty launch keeps one (masked-off) program per (batch, head).
@@ -161,8 +170,9 @@ def test_output_shapes() -> None:
 
 
 def test_type_combinations() -> None:
-    assert DENSE.type_combination() == ", ".join(["FP32|FP16|BF16"] * 3 + ["FP32", "FP32", "FP32|FP16|BF16", "FP32"])
-    assert SPARSE.type_combination() == ", ".join(["FP32|FP16|BF16"] * 3 + ["FP32"] * 3 + ["FP32|FP16|BF16"] * 2)
+    node = ["FP32|FP16|BF16"] * 3
+    assert DENSE.type_combination() == ", ".join(node + ["FP32", "FP32", "INT32", "FP32|FP16|BF16"] + ["FP32"] * 3)
+    assert SPARSE.type_combination() == ", ".join(node + ["FP32", "FP32", "INT32"] + ["FP32"] * 3 + ["FP32|FP16|BF16"] * 2)
 
 
 def test_shapes_the_kernels_cannot_take_are_refused() -> None:
@@ -186,25 +196,34 @@ def test_shapes_the_kernels_cannot_take_are_refused() -> None:
 def _eager_arguments(stage, d: StageDims, a: StageAttributes, dtype):
     """The eager launcher's arguments for the same call, on meta tensors."""
     shape = AttentionShape(d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, d.head_dim, d.value_dim)
-    plan = plan_launch(shape, dtype, causal=a.causal, window=a.window, sinks=a.sinks, stride=a.stride, tail=a.tail, scale=a.scale)
+    plan = plan_launch(shape, dtype, causal=a.causal, window=a.window, sinks=a.sinks, stride=a.stride, tail=a.tail,
+                       scale=a.scale, corrections=a.head_rules(d.q_heads))  # fmt: skip
     meta = lambda *s, dt=dtype: torch.empty(s, dtype=dt, device="meta")  # noqa: E731
     bias = meta(d.mask_batch, d.mask_heads, d.kv_len, dt=torch.float32).expand(d.batch, d.q_heads, d.kv_len) if a.has_bias else None
     buffers = KernelBuffers(
         q=meta(d.batch, d.q_heads, d.q_len, d.head_dim), k=meta(d.batch, d.kv_heads, d.kv_len, d.head_dim),
         v=meta(d.batch, d.kv_heads, d.kv_len, d.value_dim), out=meta(d.batch, d.q_heads, d.q_len, d.value_dim),
         delta=meta(*plan.delta_shape, dt=torch.float32), scale=meta(1, dt=torch.float32), bias=bias,
+        rules=meta(d.q_heads, dt=torch.int32),
+        mean_key=meta(*plan.mean_key_shape, dt=torch.float32) if plan.has_taylor else None,
+        offset=meta(*plan.offset_shape, dt=torch.float32) if plan.has_taylor else None,
     )  # fmt: skip
     args = (dense_kernel_args if stage is DENSE else sparse_kernel_args)(plan, buffers)
     return args, constexprs(plan, dtype, has_bias=a.has_bias, interpret=False), plan
 
 
 @pytest.mark.parametrize("stage", [DENSE, SPARSE], ids=["dense", "sparse"])
-@pytest.mark.parametrize("mask_batch", [1, 2], ids=["mask-broadcast", "mask-per-batch"])
-def test_static_shapes_compile_the_variant_the_eager_jit_compiles(stage, mask_batch) -> None:
+@pytest.mark.parametrize(
+    ("mask_batch", "correction"),
+    [(1, [0]), (2, [0]), (1, [2]), (2, [1]), (1, [2, 0, 1, 2])],
+    ids=["mask-broadcast", "mask-per-batch", "taylor", "none", "per-head"],
+)
+def test_static_shapes_compile_the_variant_the_eager_jit_compiles(stage, mask_batch, correction) -> None:
     """With every size known, the plugin specialises exactly as Triton's JIT does for the eager
-    launcher (same constants, same divisibility hints); only the delta buffer's row count (and so
-    its strides) may differ: the plugin sizes it for the largest anchor count."""
-    d, a, dtype = dims(n_q=1000, batch=2, mask_batch=mask_batch), attrs(), torch.bfloat16
+    launcher (same constants, same divisibility hints), for every correction plan; only the anchor
+    buffers' row count (and so their strides) may differ: the plugin sizes them for the largest
+    anchor count."""
+    d, a, dtype = dims(n_q=1000, batch=2, mask_batch=mask_batch), attrs(correction=correction), torch.bfloat16
     build = plan_stage(stage, d, a, dtype, ARG_NAMES[stage])
     args, compile_time, eager_plan = _eager_arguments(stage, d, a, dtype)
     assert evaluate(delta_rows(1000, a), {}) == eager_plan.n_anchors  # same buffer at this length
@@ -232,10 +251,10 @@ def test_tensorrt_slots_bind_back_to_the_kernel_parameters(stage) -> None:
     # Slots: the plugin's inputs, the extra int32s (in the kernel's order), the outputs.
     n_in = len(stage.inputs)
     inputs, extras, outputs = layout.order[:n_in], layout.order[n_in : len(layout.order) - len(stage.outputs)], layout.order[-len(stage.outputs):]
-    assert [names[i] if i is not None else None for i in inputs] == [
-        {"q": "Q", "k": "K", "v": "V", "bias": "Bias", "scale": "Scale", "delta": "Delta"}.get(t) for t in stage.inputs
-    ]
-    assert [names[i] for i in outputs] == (["Out", "Delta"] if stage is DENSE else ["Out"])
+    pointers = {"q": "Q", "k": "K", "v": "V", "bias": "Bias", "scale": "Scale", "rules": "Rules", "delta": "Delta",
+                "mean_key": "MeanKey", "offset": "Offset"}  # fmt: skip
+    assert [names[i] if i is not None else None for i in inputs] == [pointers.get(t) for t in stage.inputs]
+    assert [names[i] for i in outputs] == (["Out", "Delta", "MeanKey", "Offset"] if stage is DENSE else ["Out"])
     assert [names[i] for i in extras] == list(layout.extras) == [n for n in names if not n[0].isupper()]
     assert layout.slot_kinds() == ("ptr",) * n_in + ("i32",) * len(layout.extras) + ("ptr",) * len(stage.outputs)
     slots = list(stage.inputs) + [f"#{i}" for i in range(len(layout.extras))] + list(stage.outputs)
@@ -262,3 +281,56 @@ def test_int32_limits_over_the_optimization_profile() -> None:
     assert check_ranges(single.layout, single.grid, too_long) == []
     many_heads = plan_stage(DENSE, dataclasses.replace(dyn_batch, q_heads=64, kv_heads=8), a, torch.bfloat16, ARG_NAMES[DENSE])
     assert any("grid dimension y" in p for p in check_ranges(many_heads.layout, many_heads.grid, {**ok, "B": (1, 2048)}))
+
+
+# ---- the node's correction rules in the plan -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("codes", "rules", "anchor_blocks", "taylor"),
+    [
+        ([0], ("paper",) * 4, 1, False),
+        ([1], ("none",) * 4, 0, False),  # no head reads its anchors: no anchor block is launched
+        ([2], ("taylor",) * 4, 1, True),
+        ([2, 0, 1, 1], ("taylor", "paper", "none", "none"), 1, True),
+        ([1, 0, 1, 1], ("none", "paper", "none", "none"), 1, False),
+        ("none,paper,none,none", ("none", "paper", "none", "none"), 1, False),  # the op's string form
+    ],
+    ids=["paper", "none", "taylor", "per-head", "per-head-no-taylor", "string"],
+)
+def test_the_correction_attribute_reaches_the_symbolic_plan(codes, rules, anchor_blocks, taylor) -> None:
+    a = StageAttributes.from_values({**VALUES, "correction": codes, "has_bias": 0})
+    build = plan_stage(DENSE, SYMBOLIC, a, torch.float16, ARG_NAMES[DENSE])
+    plan, at = build.plan, {"B": 2, "Nq": 1000, "Nk": 1000, "Bm": 1}
+    assert [r.value for r in plan.corrections] == list(rules) and a.rule_codes(4) == tuple(Correction(r).code for r in rules)
+    assert evaluate(plan.anchor_blocks, at) == anchor_blocks  # 122 anchors fit one 128-row block
+    assert plan.has_taylor is taylor and build.layout.constants["TAYLOR"] is taylor
+    outputs = {name: [evaluate(x, at) for x in shape] for name, shape in build.outputs.items()}
+    assert outputs["delta"] == [2, 4, 122, 64]
+    assert outputs["mean_key"] == ([2, 4, 122, 64] if taylor else [1]) and outputs["offset"] == ([2, 4, 122] if taylor else [1])
+    pointers = {p.name: p for p in build.layout.params if p.is_pointer}
+    assert pointers["Rules"].kind == "*i32" and pointers["MeanKey"].kind == pointers["Offset"].kind == "*fp32"
+    # The dense grid: anchor blocks, then cdiv(Nq - Np, 128) tail blocks (Np = 976).
+    assert evaluate(grid(DENSE, plan)[0], at) == anchor_blocks + 1
+
+
+def test_stride_one_with_a_none_head_keeps_its_sparse_rows() -> None:
+    """G = 1 makes paper/taylor heads dense, but a ``none`` head stays sparse (as eagerly)."""
+    plain, mixed = attrs(stride=1, correction=[0]), attrs(stride=1, correction=[1, 0, 0, 0])
+    at = {"B": 1, "Nq": 300, "Nk": 300, "Bm": 1}
+    assert evaluate(plan_stage(DENSE, SYMBOLIC, plain, torch.float16, ARG_NAMES[DENSE]).plan.n_corrected, at) == 0
+    plan = plan_stage(DENSE, SYMBOLIC, mixed, torch.float16, ARG_NAMES[DENSE]).plan
+    assert evaluate(plan.n_corrected, at) == evaluate(plan.n_anchors, at) == 300 - 24
+    assert evaluate(delta_rows(Sym.var("Nq"), mixed), at) == 300 - 24 and delta_rows(Sym.var("Nq"), plain) == 1
+
+
+def test_per_head_rules_that_do_not_fit_the_heads_are_refused() -> None:
+    with pytest.raises(UnsupportedNodeError, match="3 rules but q has 4 query heads"):
+        plan_stage(DENSE, SYMBOLIC, attrs(correction=[0, 1, 2]), torch.float16, ARG_NAMES[DENSE])
+    dynamic_heads = dataclasses.replace(SYMBOLIC, q_heads=Sym.var("H"))
+    with pytest.raises(UnsupportedNodeError, match="query head count .* is dynamic"):
+        plan_stage(DENSE, dynamic_heads, attrs(correction=[0, 1, 2, 0]), torch.float16, ARG_NAMES[DENSE])
+    # One rule for every head needs no head count.
+    assert plan_stage(SPARSE, dynamic_heads, attrs(correction=[2]), torch.float16, ARG_NAMES[SPARSE]).plan.has_taylor
+    with pytest.raises(ValueError, match="non-empty"):
+        StageAttributes(True, 8, 1, 4, 4, 0.1, False, corrections=())

@@ -13,6 +13,7 @@ from delta_opt.backends.tensorrt.graph import graph_bias
 from delta_opt.backends.tensorrt.stages import StageAttributes
 from delta_opt.ops.reference import delta_attention_reference
 from delta_opt.ops.triton import triton_available
+from delta_opt.plan import Correction
 from delta_opt.testing import error_floor
 
 from .trt_emulation import run_node
@@ -36,6 +37,7 @@ class Case:
     stride: int = 8
     tail: int = 21
     mask: str = "none"  # none | padding | key_bias | per_head
+    correction: str = "paper"  # the op's rule string: one rule, or one per query head
 
 
 def _mask(case: Case, keys: int, g: torch.Generator):
@@ -58,7 +60,9 @@ def _check(case: Case, seed: int = 0) -> None:
     mask = _mask(case, keys, g)
     params = dict(causal=case.causal, window=case.window, sinks=case.sinks, stride=case.stride, tail=case.tail)
     attrs = StageAttributes(**params, scale=case.head_dim**-0.5, has_bias=mask is not None)
-    values = dict(params, causal=int(case.causal), scale=attrs.scale, has_bias=int(attrs.has_bias))
+    # The node stores the rules as codes (paper 0, none 1, taylor 2).
+    codes = [Correction.parse(name).code for name in case.correction.split(",")]
+    values = dict(params, causal=int(case.causal), scale=attrs.scale, has_bias=int(attrs.has_bias), correction=codes)
     # What the prepared graph feeds the plugins: the node's additive mask in the element type,
     # as fp32 log2-units bias; the scale as scale * log2(e).
     if mask is None:
@@ -71,6 +75,7 @@ def _check(case: Case, seed: int = 0) -> None:
     got = run_node(*x, bias, scale, values)
     assert got.dtype == case.dtype and got.shape == (case.batch, case.q_heads, case.n, case.head_dim)
     assert not torch.isnan(got).any(), "a row no kernel wrote"
+    params["correction"] = case.correction
     oracle = delta_attention_reference(q, k, v, mask, **params)
     same = delta_attention_reference(*x, None if mask is None else (mask if mask.dtype == torch.bool else mask.to(case.dtype)), **params)
     err, floor = (got.double() - oracle).abs().max().item(), (same.double() - oracle).abs().max().item()
@@ -109,4 +114,22 @@ def test_masks_and_causality(causal, mask) -> None:
     ids=["mha", "gqa4-bf16", "decode", "window>=N", "stride1", "all-tail", "g64", "n1"],
 )
 def test_shapes_and_degenerate_splits(case) -> None:
+    _check(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case(correction="none", mask="padding", batch=2),
+        Case(correction="taylor", dtype=torch.float16, mask="key_bias", batch=2),
+        Case(correction="taylor,none,paper,taylor", q_heads=4, kv_heads=2),  # per-head plan, GQA 2
+        Case(correction="paper,taylor", q_heads=2, kv_heads=1, causal=False, mask="per_head", dtype=torch.bfloat16),
+        Case(correction="none,paper,none,none", stride=1),  # G = 1: paper heads dense, none heads sparse
+        Case(correction="taylor", n=257, stride=64, tail=64, window=70, sinks=33),  # several tiles, G = BLOCK_N
+        Case(correction="taylor", n=5, kv_len=131),  # decode: dense, the taylor variant launches nothing else
+    ],
+    ids=["none", "taylor-fp16", "per-head", "per-head-bf16-bidirectional", "stride1-per-head", "taylor-g64", "taylor-decode"],
+)
+def test_correction_rules(case) -> None:
+    """The node's rules reach both plugins: the rules input, the taylor scratch between them."""
     _check(case)

@@ -4,7 +4,8 @@ This is not TensorRT. It reproduces the contract a TensorRT ahead-of-time plugin
 using the plugin's own launch logic at concrete sizes:
 
 - outputs allocated from the plugin's output shape expressions (filled with NaN, so a row no
-  kernel writes shows up), an aliased output being its input's buffer;
+  kernel writes -- or a scratch value read before it is written -- shows up), an aliased output
+  being its input's buffer;
 - the kernel's arguments in TensorRT's slot order -- input tensors, the extra int32 arguments,
   output tensors -- bound back to the kernel's parameters through the same ``order`` that
   reorders the compiled PTX (:meth:`KernelLayout.bind`);
@@ -27,7 +28,7 @@ from delta_opt.backends.tensorrt.aot import kernel_function, plan_stage
 from delta_opt.backends.tensorrt.attributes import STAGE_ATTRIBUTES
 from delta_opt.backends.tensorrt.stages import DENSE, SPARSE, Stage, StageAttributes, StageDims
 
-__all__ = ["ONNX_OPS", "run_stage", "run_node"]
+__all__ = ["ONNX_OPS", "rules_input", "run_stage", "run_node"]
 
 
 def run_stage(stage: Stage, tensors: Mapping[str, torch.Tensor], values: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -53,11 +54,17 @@ def run_stage(stage: Stage, tensors: Mapping[str, torch.Tensor], values: Mapping
     return outputs
 
 
+def rules_input(values: Mapping[str, Any], q_heads: int) -> torch.Tensor:
+    """The ``rules`` input the prepared graph feeds: the int32 rule code of every query head."""
+    return torch.tensor(StageAttributes.from_values(values).rule_codes(q_heads), dtype=torch.int32)
+
+
 def run_node(q, k, v, bias, scale, values: Mapping[str, Any]) -> torch.Tensor:
     """Both plugins of one node, chained as the prepared graph chains them."""
-    inputs = dict(q=q, k=k, v=v, bias=bias, scale=scale)
+    inputs = dict(q=q, k=k, v=v, bias=bias, scale=scale, rules=rules_input(values, q.shape[1]))
     first = run_stage(DENSE, inputs, values)
-    second = run_stage(SPARSE, {**inputs, "delta": first["delta"], "partial": first["out"]}, values)
+    scratch = {name: first[name] for name in ("delta", "mean_key", "offset")}
+    second = run_stage(SPARSE, {**inputs, **scratch, "partial": first["out"]}, values)
     return second["out"]
 
 
@@ -80,7 +87,7 @@ class DeltaAttentionDense(OpRun):
     def _run(self, *arrays, **_attrs):  # type: ignore[override]
         inputs = {name: _torch(a) for name, a in zip(DENSE.inputs, arrays)}
         outputs = run_stage(DENSE, inputs, _attributes(self))
-        return outputs["out"].numpy(), outputs["delta"].numpy()
+        return tuple(outputs[name].numpy() for name in DENSE.outputs)
 
 
 class DeltaAttentionSparse(OpRun):

@@ -11,7 +11,7 @@ from delta_opt.ops.blocked import delta_attention_blocked
 from delta_opt.ops.reference import delta_attention_reference, masked_attention
 from delta_opt.testing import error_floor, make_inputs, reference_errors
 
-from .impls import IMPLS, impl_fn
+from .impls import IMPLS, kernel_fn
 
 CAUSALITY = pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 PLANS = ["none", "taylor", "taylor,none,paper,taylor,paper,none"]
@@ -51,7 +51,7 @@ def test_taylor_low_precision_within_data_derived_tolerance(causal, dtype):
 def test_taylor_anchor_rows_are_exactly_dense(impl, causal):
     x = make_inputs(batch=1, q_heads=4, kv_heads=2, n=90, head_dim=16)
     dense = delta_attention_reference(x.q, x.k, x.v, causal=causal, window=90, sinks=0, stride=8, tail=0)
-    out = impl_fn(impl)(x.q, x.k, x.v, causal=causal, window=5, sinks=2, stride=8, tail=10, correction="taylor")
+    out = kernel_fn(impl)(x.q, x.k, x.v, causal=causal, window=5, sinks=2, stride=8, tail=10, correction="taylor")
     anchors = torch.arange(0, 80, 8)
     torch.testing.assert_close(out[:, :, anchors], dense[:, :, anchors], rtol=0, atol=1e-12)
     assert (out - dense)[:, :, 1:80].abs().max() > 1e-3  # the other rows are not dense
@@ -66,7 +66,7 @@ def test_none_keeps_sparse_rows_and_the_dense_tail(impl):
     sparse = masked_attention(scores, (j <= i) & (((i - j) < 5) | (j < 2)), v)
     dense = masked_attention(scores, j <= i, v)
     # stride 1 would make "paper" dense everywhere; "none" keeps rows [0, Np) sparse regardless.
-    out = impl_fn(impl)(x.q, x.k, x.v, causal=True, window=5, sinks=2, stride=1, tail=10, correction="none")
+    out = kernel_fn(impl)(x.q, x.k, x.v, causal=True, window=5, sinks=2, stride=1, tail=10, correction="none")
     torch.testing.assert_close(out[:, :, :50], sparse[:, :, :50], rtol=0, atol=1e-12)
     torch.testing.assert_close(out[:, :, 50:], dense[:, :, 50:], rtol=0, atol=1e-12)
 
@@ -74,14 +74,19 @@ def test_none_keeps_sparse_rows_and_the_dense_tail(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("correction", PLANS[1:])
 def test_no_future_leak(impl, correction):
-    x = make_inputs(batch=1, q_heads=6, kv_heads=2, n=80, head_dim=16, mask="additive", seed=4)
+    x = make_inputs(batch=1, q_heads=6, kv_heads=2, n=80, head_dim=16, seed=4)
+    # An additive key mask (what every implementation, the kernels included, takes): finite
+    # biases with a few keys hidden.
+    g = torch.Generator().manual_seed(4)
+    bias = torch.randn(1, 1, 1, 80, generator=g, dtype=torch.float64)
+    x.attn_mask = bias.masked_fill(torch.rand(1, 1, 1, 80, generator=g) < 0.2, float("-inf"))
     params = dict(causal=True, window=6, sinks=2, stride=8, tail=8, correction=correction)
-    before = impl_fn(impl)(x.q, x.k, x.v, x.attn_mask, **params)
+    before = kernel_fn(impl)(x.q, x.k, x.v, x.attn_mask, **params)
     for cut in (9, 40, 70):
         q2, k2, v2 = x.q.clone(), x.k.clone(), x.v.clone()
         for t in (q2, k2, v2):  # queries after the row too: taylor reads q_i and q_a only
             t[:, :, cut + 1 :] = torch.randn_like(t[:, :, cut + 1 :]) * 10
-        after = impl_fn(impl)(q2, k2, v2, x.attn_mask, **params)
+        after = kernel_fn(impl)(q2, k2, v2, x.attn_mask, **params)
         torch.testing.assert_close(after[:, :, : cut + 1], before[:, :, : cut + 1], rtol=0, atol=1e-12)
 
 
@@ -90,11 +95,11 @@ def test_per_head_plan_equals_each_rule_alone(impl):
     x = make_inputs(batch=2, q_heads=4, kv_heads=2, n=77, head_dim=16, mask="key_padding", seed=8)
     rules = ["taylor", "paper", "none", "taylor"]
     params = dict(causal=True, window=7, sinks=2, stride=6, tail=9)
-    planned = impl_fn(impl)(x.q, x.k, x.v, x.attn_mask, **params, correction=rules)
+    planned = kernel_fn(impl)(x.q, x.k, x.v, x.attn_mask, **params, correction=rules)
     for h, rule in enumerate(rules):
-        alone = impl_fn(impl)(x.q, x.k, x.v, x.attn_mask, **params, correction=rule)
+        alone = kernel_fn(impl)(x.q, x.k, x.v, x.attn_mask, **params, correction=rule)
         torch.testing.assert_close(planned[:, h], alone[:, h], rtol=0, atol=1e-12)
-    repeated = impl_fn(impl)(
+    repeated = kernel_fn(impl)(
         x.q, x.k.repeat_interleave(2, 1), x.v.repeat_interleave(2, 1), x.attn_mask, **params, correction=rules
     )
     torch.testing.assert_close(planned, repeated, rtol=0, atol=1e-12)

@@ -155,10 +155,11 @@ def test_float32_key_masks(causal, mask):
     ids=lambda b: f"{b.block_m}x{b.block_n}",
 )
 def test_tiling_does_not_change_the_result(causal, blocks):
-    """float64 to 1e-12 with tiles that split the window into masked edges and unmasked interiors."""
-    case = Case(batch=2, n=150, head_dim=24, window=40, sinks=20, stride=8, tail=14, mask="padding")
+    """float64 to 1e-12 with tiles that split the window (and the long-range keys) into masked
+    edges and unmasked interiors; one head per correction rule."""
+    case = Case(batch=2, q_heads=3, n=150, head_dim=24, window=40, sinks=20, stride=8, tail=14, mask="padding")
     x = case.inputs(seed=5)
-    params = case.params(causal)
+    params = dict(case.params(causal), correction="paper,taylor,none")
     got = triton_impl.delta_attention_triton(x.q, x.k, x.v, x.attn_mask, **params, blocks=blocks)
     expected = delta_attention_reference(x.q, x.k, x.v, x.attn_mask, **params)
     assert (got - expected).abs().max().item() <= 1e-12
@@ -169,23 +170,96 @@ def test_tiling_does_not_change_the_result(causal, blocks):
 @pytest.mark.parametrize(("window", "sinks"), [(31, 3), (32, 0), (33, 0), (34, 0)])
 def test_window_edges_on_tile_boundaries(causal, window, sinks):
     """16 x 16 tiles with W = 15, 0, 1, 2 (mod 16): each puts one edge of the window (first and
-    last unmasked block, first window block, last bidirectional block) on a tile boundary; no
-    sinks or mask that could cover a block the window loop wrongly skips."""
-    x = make_inputs(batch=1, q_heads=1, kv_heads=1, n=81, head_dim=16, seed=window, device=DEVICE)
-    params = dict(causal=causal, window=window, sinks=sinks, stride=5, tail=7)
+    last unmasked block, first window block, last bidirectional block) and of the long-range
+    keys on a tile boundary; no sinks or mask that could cover a block the window loop wrongly
+    skips. Head 0 is corrected by the paper's rule, head 1 by taylor."""
+    x = make_inputs(batch=1, q_heads=2, kv_heads=1, n=81, head_dim=16, seed=window, device=DEVICE)
+    params = dict(causal=causal, window=window, sinks=sinks, stride=5, tail=7, correction="paper,taylor")
     got = triton_impl.delta_attention_triton(x.q, x.k, x.v, **params, blocks=BlockConfig(16, 16, 1, 1))
     expected = delta_attention_reference(x.q, x.k, x.v, **params)
     assert (got - expected).abs().max().item() <= 1e-12
 
 
+# ---- correction rules ----------------------------------------------------------------------
+
+# Every rule, per-head plans (each plan below has at least one head of each listed rule), GQA,
+# the four key-mask kinds, odd N, D != Dv, and the parameter edges where the long-range key set
+# R_a is empty (W >= N, S >= N) or every row is an anchor (G = 1). float64 to 1e-12.
+CORRECTION_CASES = {
+    "taylor-gqa3-padding": (Case(batch=2, q_heads=6, kv_heads=2, mask="padding"), "taylor", True),
+    "taylor-additive": (Case(batch=2, mask="additive", head_dim=40), "taylor", False),
+    "taylor-Dv32": (Case(value_dim=32), "taylor", True),
+    "taylor-odd_stride": (Case(n=97, stride=6, tail=11, window=13, sinks=0), "taylor", False),
+    "none-D80": (Case(head_dim=80), "none", False),
+    "none-padding": (Case(batch=2, mask="padding"), "none", True),
+    "mixed-per_head": (Case(batch=2, q_heads=4, kv_heads=2, mask="per_head"), "taylor,none,paper,taylor", False),
+    "mixed-mqa": (Case(q_heads=3, kv_heads=1, n=77), "paper,taylor,none", True),
+    "mixed-stride=1": (Case(q_heads=3, n=50, stride=1, tail=3), "none,taylor,paper", True),
+    "taylor-window>=N": (Case(n=60, window=60, stride=4, tail=5), "taylor", False),
+    "taylor-sinks>N": (Case(n=60, sinks=80, stride=4, tail=5), "taylor", True),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRECTION_CASES))
+def test_correction_rules_match_reference(name):
+    case, correction, causal = CORRECTION_CASES[name]
+    impl_err, eager_err = reference_errors(kernel, case.inputs(seed=3), EXACT_DTYPE, **case.params(causal), correction=correction)
+    assert impl_err <= 2 * eager_err + error_floor(EXACT_DTYPE), (impl_err, eager_err)
+
+
 @CAUSALITY
-def test_rows_without_visible_keys_are_zero(causal):
+@LOW_PRECISION
+def test_correction_rules_in_low_precision(dtype, causal):
+    case = Case(batch=2, q_heads=3, kv_heads=1, n=101, mask="additive")
+    impl_err, eager_err = reference_errors(kernel, case.inputs(seed=4), dtype, **case.params(causal), correction="taylor,paper,none")
+    assert impl_err <= 2 * eager_err + error_floor(dtype), (impl_err, eager_err)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="float64 runs in the interpreter only (on a GPU it goes to blocked)")
+def test_correction_rules_fuzz():
+    """Random sizes, rules per head, key masks and tiles against the reference in float64: small
+    tiles put the window, sink and long-range edges at every offset from a tile boundary."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    rules = st.sampled_from(["paper", "none", "taylor"])
+
+    @settings(max_examples=10, deadline=None, derandomize=True)
+    @given(
+        n=st.integers(1, 70),
+        group=st.sampled_from([1, 2]),
+        causal=st.booleans(),
+        mask=st.sampled_from(["none", "padding", "additive", "per_head"]),
+        window=st.integers(1, 40),
+        sinks=st.integers(0, 20),
+        stride=st.integers(1, 12),
+        tail=st.integers(0, 20),
+        plan=st.lists(rules, min_size=2, max_size=2),
+        tiles=st.sampled_from([(16, 16), (16, 32), (32, 16)]),
+        seed=st.integers(0, 999),
+    )
+    def check(n, group, causal, mask, window, sinks, stride, tail, plan, tiles, seed):
+        case = Case(batch=2, q_heads=2 * group, kv_heads=2, n=n, head_dim=16, window=window, sinks=sinks,
+                    stride=stride, tail=tail, mask=mask)  # fmt: skip
+        x = case.inputs(seed=seed)
+        params = dict(case.params(causal), correction=",".join(plan * group))
+        got = triton_impl.delta_attention_triton(x.q, x.k, x.v, x.attn_mask, **params, blocks=BlockConfig(*tiles, 1, 1))
+        expected = delta_attention_reference(x.q, x.k, x.v, x.attn_mask, **params)
+        assert not got.isnan().any()
+        assert (got - expected).abs().max().item() <= 1e-12, params
+
+    check()
+
+
+@CAUSALITY
+@pytest.mark.parametrize("correction", ["paper", "taylor,none"])
+def test_rows_without_visible_keys_are_zero(causal, correction):
     """Batch 0 hides its first 30 keys (causal rows < 30 see nothing), batch 1 hides every key."""
     x = make_inputs(batch=2, q_heads=2, kv_heads=1, n=70, head_dim=16, dtype=torch.float32, device=DEVICE)
     mask = torch.ones(2, 1, 1, 70, dtype=torch.bool, device=DEVICE)
     mask[0, ..., :30] = False
     mask[1] = False
-    params = dict(causal=causal, window=6, sinks=2, stride=4, tail=6)
+    params = dict(causal=causal, window=6, sinks=2, stride=4, tail=6, correction=correction)
     out = kernel(x.q, x.k, x.v, mask, **params)
     assert not out.isnan().any()
     assert out[1].abs().max() == 0
@@ -199,7 +273,7 @@ def test_rows_without_visible_keys_are_zero(causal):
 def test_decode_steps_are_dense_bottom_right(causal, n_q):
     x = make_inputs(batch=2, q_heads=4, kv_heads=1, n=60, head_dim=32, dtype=torch.float16, device=DEVICE, mask="key_padding")
     mask = x.attn_mask
-    params = dict(causal=causal, window=3, sinks=1, stride=2, tail=0)
+    params = dict(causal=causal, window=3, sinks=1, stride=2, tail=0, correction="taylor,none,paper,taylor")
     q = x.q[:, :, -n_q:]
     got = kernel(q, x.k, x.v, mask, **params)
     oracle = delta_attention_reference(q.double(), x.k.double(), x.v.double(), mask, **params)
@@ -303,8 +377,10 @@ def test_importing_delta_opt_does_not_import_triton():
 @pytest.mark.slow
 def test_kernels_cross_compile_for_hopper_and_ampere():
     """Triton's own LLVM and ptxas build both kernels for sm_90 and sm_80 at the H200 benchmark
-    shape (bf16, D=128, GQA 32/8, key mask): the compiled path type-checks, fits shared memory,
-    and the sparse kernel, where most time goes, does not spill registers on sm_90."""
+    shape (bf16, D=128, GQA 32/8, key mask), in both compiled variants: paper only, and a
+    per-head plan with taylor heads (the long-range sweep and the mixing epilogue). The compiled
+    path type-checks, fits shared memory, and the sparse kernel, where most time goes, does not
+    spill registers on sm_90."""
     code = """
 import json, torch
 from delta_opt.ops.checks import AttentionShape
@@ -313,9 +389,13 @@ n = 128 * 1024
 shape = AttentionShape(1, 32, 8, n, n, 128, 128)
 report = {}
 for arch in (90, 80):
-    built = compile_kernels(shape, torch.bfloat16, causal=True, window=2048, sinks=1024, stride=64, has_mask=True, arch=arch)
-    for name, kernel in built.items():
-        report[f"{name}-sm{arch}"] = dict(resource_usage(kernel.asm["cubin"]) or {}, smem=kernel.metadata.shared)
+    for plan, rules in (("paper", None), ("mixed", ["taylor", "paper", "none", "taylor"] * 8)):
+        built = compile_kernels(
+            shape, torch.bfloat16, causal=True, window=2048, sinks=1024, stride=64, has_mask=True, arch=arch,
+            corrections=rules,
+        )
+        for name, kernel in built.items():
+            report[f"{name}-{plan}-sm{arch}"] = dict(resource_usage(kernel.asm["cubin"]) or {}, smem=kernel.metadata.shared)
 print(json.dumps(report))
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -323,8 +403,9 @@ print(json.dumps(report))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(report) == {"dense-sm90", "sparse-sm90", "dense-sm80", "sparse-sm80"}
+    assert set(report) == {f"{k}-{p}-sm{a}" for k in ("dense", "sparse") for p in ("paper", "mixed") for a in (90, 80)}
     for usage in report.values():
         assert 0 < usage["smem"] <= 227 * 1024
-    if "stack" in report["sparse-sm90"]:  # cuobjdump is shipped with Triton's NVIDIA backend
-        assert report["sparse-sm90"]["stack"] == 0, report
+    for plan in ("paper", "mixed"):
+        if "stack" in report[f"sparse-{plan}-sm90"]:  # cuobjdump is shipped with Triton's NVIDIA backend
+            assert report[f"sparse-{plan}-sm90"]["stack"] == 0, report

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from delta_opt.ops.checks import AttentionShape
+from delta_opt.plan import Correction
 from delta_opt.ops.triton.arguments import (
     KernelBuffers,
     accumulator_dtype,
@@ -67,19 +68,47 @@ def test_plan_for_the_benchmark_shape():
     assert plan.qk_scale_log2 == pytest.approx(128**-0.5 * math.log2(math.e))
 
 
+@pytest.mark.parametrize("rule", ["paper", "none", "taylor"])
 @pytest.mark.parametrize(
     "params",
     [dict(), dict(stride=7, tail=0), dict(stride=1000, tail=0), dict(tail=999), dict(window=1000), dict(stride=1)],
     ids=["default", "stride7", "one-anchor", "all-tail", "window=N", "stride=1"],
 )
-def test_every_row_is_written_exactly_once(params):
-    plan = _plan(**params)
-    rows = torch.cat([plan.dense_rows(), plan.sparse_rows()])
+def test_every_row_is_written_exactly_once(params, rule):
+    plan = _plan(**params, corrections=[rule] * 4)
+    rows = torch.cat([plan.dense_rows(rule), plan.sparse_rows(rule)])
     assert torch.equal(rows.sort().values, torch.arange(plan.n_q))
-    # The dense kernel's rows are the anchors, then the tail.
-    dense = plan.dense_rows()
-    assert torch.equal(dense[: plan.n_anchors], torch.arange(0, plan.n_corrected, plan.stride))
-    assert torch.equal(dense[plan.n_anchors :], torch.arange(plan.n_corrected, plan.n_q))
+    # The dense kernel stores the anchors (paper heads only), then the tail.
+    dense = plan.dense_rows(rule)
+    anchors = torch.arange(0, plan.n_corrected, plan.stride) if rule == "paper" else torch.arange(0)
+    assert torch.equal(dense[: anchors.numel()], anchors)
+    assert torch.equal(dense[anchors.numel() :], torch.arange(plan.n_corrected, plan.n_q))
+
+
+def test_anchor_and_tail_rows_never_share_a_dense_block():
+    plan = _plan(_shape(n_q=1000), corrections=["taylor", "paper", "none", "taylor"], blocks=BlockConfig(16, 32, 1, 1))
+    # Np = 976, 122 anchors: 8 blocks of anchor slots (the last one part empty), 24 tail rows.
+    assert (plan.n_corrected, plan.n_anchors, plan.anchor_blocks) == (976, 122, 8)
+    assert plan.tail_blocks == 2 and plan.dense_grid == (10, 4)
+    assert plan.rule_codes == (2, 0, 1, 2) and plan.has_taylor
+    assert plan.mean_key_shape == (1, 4, 122, 64) and plan.offset_shape == (1, 4, 122)
+
+
+def test_rules_decide_anchor_blocks_and_taylor_buffers():
+    none = _plan(corrections=["none"] * 4)
+    assert none.anchor_blocks == 0 and not none.has_taylor  # nobody reads an anchor
+    assert none.dense_grid == (none.tail_blocks, 4)
+    paper = _plan()
+    assert paper.corrections == (Correction.PAPER,) * 4 and not paper.has_taylor
+    assert paper.mean_key_shape == (0,) and paper.offset_shape == (0,)
+    # Stride 1 makes paper and taylor dense everywhere, but a "none" head keeps its sparse rows.
+    assert _plan(stride=1, corrections=["taylor", "paper"] * 2).all_dense
+    mixed = _plan(stride=1, corrections=["none", "paper"] * 2)
+    assert not mixed.all_dense and mixed.n_anchors == mixed.n_corrected
+    # When every row is dense no taylor statistics are needed.
+    assert not _plan(window=1000, corrections=["taylor"] * 4).has_taylor
+    with pytest.raises(ValueError, match=r"one rule per query head \(Hq=4\); got 2"):
+        _plan(corrections=["taylor", "none"])
 
 
 @pytest.mark.parametrize(
@@ -163,7 +192,10 @@ def _buffers(plan, mask: bool):
         out=meta(plan.batch, plan.q_heads, plan.n_q, plan.value_dim),
         delta=meta(*plan.delta_shape, dtype=torch.float32),
         scale=meta(1, dtype=torch.float32),
+        rules=meta(plan.q_heads, dtype=torch.int32),
         bias=meta(plan.batch, 1, plan.n_k, dtype=torch.float32).expand(plan.batch, plan.q_heads, plan.n_k) if mask else None,
+        mean_key=meta(*plan.mean_key_shape, dtype=torch.float32) if plan.has_taylor else None,
+        offset=meta(*plan.offset_shape, dtype=torch.float32) if plan.has_taylor else None,
     )
 
 
@@ -171,16 +203,26 @@ def test_kernel_arguments_follow_the_plan():
     plan = _plan(_shape(batch=2, q_heads=4, kv_heads=2))
     buffers = _buffers(plan, mask=True)
     dense, sparse = dense_kernel_args(plan, buffers), sparse_kernel_args(plan, buffers)
-    assert dense["n_rows"] == plan.n_dense_rows and dense["n_anchors"] == plan.n_anchors
+    assert dense["anchor_blocks"] == plan.anchor_blocks and dense["n_anchors"] == plan.n_anchors
     assert dense["anchor_stride"] == sparse["anchor_stride"] == 8 and sparse["n_corrected"] == plan.n_corrected
     assert dense["group"] == 2 and dense["Q"] is buffers.q
     assert (dense["stride_qb"], dense["stride_qh"], dense["stride_qn"], dense["stride_qd"]) == (4 * 1000 * 64, 1000 * 64, 64, 1)
     assert (dense["stride_biasb"], dense["stride_biash"]) == (1000, 0)  # one bias row per batch, shared by heads
+    assert dense["Rules"] is buffers.rules and sparse["Rules"] is buffers.rules
     unmasked = dense_kernel_args(plan, _buffers(plan, mask=False))
     assert unmasked["Bias"] is unmasked["Scale"] and unmasked["stride_biasb"] == 0
+    # Without a taylor head the taylor buffers are absent and never read.
+    assert unmasked["MeanKey"] is unmasked["Scale"] and unmasked["Offset"] is unmasked["Scale"]
+    assert unmasked["stride_mn"] == unmasked["stride_cn"] == 0
     compile_time = constexprs(plan, torch.bfloat16, has_bias=True, interpret=False)
-    assert compile_time == dict(CAUSAL=True, HAS_BIAS=True, UPCAST=False, PRECISION="tf32",
+    assert compile_time == dict(CAUSAL=True, HAS_BIAS=True, TAYLOR=False, UPCAST=False, PRECISION="tf32",
                                 BLOCK_M=128, BLOCK_N=64, BLOCK_D=64, BLOCK_DV=64)  # fmt: skip
+    taylor = _plan(_shape(batch=2, q_heads=4, kv_heads=2), corrections=["taylor", "none", "paper", "taylor"])
+    args = sparse_kernel_args(taylor, _buffers(taylor, mask=False))
+    n_anchors = taylor.n_anchors
+    assert (args["stride_mb"], args["stride_mh"], args["stride_mn"], args["stride_md"]) == (4 * n_anchors * 64, n_anchors * 64, 64, 1)
+    assert (args["stride_cb"], args["stride_ch"], args["stride_cn"]) == (4 * n_anchors, n_anchors, 1)
+    assert constexprs(taylor, torch.bfloat16, has_bias=False, interpret=False)["TAYLOR"] is True
     assert constexprs(plan, torch.float32, has_bias=False, interpret=True)["PRECISION"] == "ieee"
     assert accumulator_dtype(torch.bfloat16) == torch.float32 and accumulator_dtype(torch.float64) == torch.float64
 

@@ -52,9 +52,14 @@ class NodeBuilder:
     def attr_ref(self, attribute: str, kind: str) -> str:
         """A 0-d constant holding the value of the enclosing function's attribute ``attribute``.
 
-        ``kind`` is ``"int"`` (an int64 tensor) or ``"float"`` (a float32 tensor).
+        ``kind`` is ``"int"`` (a 0-d int64 tensor), ``"ints"`` (a 1-D int64 tensor) or ``"float"``
+        (a 0-d float32 tensor).
         """
-        field, attr_type = {"int": ("value_int", AttributeProto.INT), "float": ("value_float", AttributeProto.FLOAT)}[kind]
+        field, attr_type = {
+            "int": ("value_int", AttributeProto.INT),
+            "ints": ("value_ints", AttributeProto.INTS),
+            "float": ("value_float", AttributeProto.FLOAT),
+        }[kind]
         out = self._name(attribute)
         node = helper.make_node("Constant", [], [out], name=out)
         node.attribute.append(helper.make_attribute_ref(field, attr_type, ref_attr_name=attribute))

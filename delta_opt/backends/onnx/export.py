@@ -215,7 +215,8 @@ def export_onnx(
         others = [f for f in model.functions if (f.domain, f.name) != (DOMAIN, OP_TYPE)]
         del model.functions[:]
         model.functions.extend(others)
-        model.functions.append(build_function(translation.element_type, opset))  # type: ignore[arg-type]
+        # The body implements the rules the nodes use (a paper-only model keeps the leanest body).
+        model.functions.append(build_function(translation.element_type, opset, rules=translation.rules))  # type: ignore[arg-type]
         if not any(o.domain == DOMAIN for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, VERSION))
     if inline and written:

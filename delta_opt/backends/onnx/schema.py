@@ -28,9 +28,19 @@ Attributes (all required, all resolved: no "default" sentinels on the node):
 
 - ``causal`` int 0/1; ``window`` int W >= 1; ``sinks`` int S >= 0; ``stride`` int G >= 1;
 - ``tail`` int T >= 0 (the PyTorch op's ``tail=None`` is written as ``max(128, G)``);
-- ``scale`` float (the PyTorch op's ``scale=None`` is written as ``1/sqrt(D)``).
+- ``scale`` float (the PyTorch op's ``scale=None`` is written as ``1/sqrt(D)``);
+- ``correction`` ints: how rows ``[0, Np)`` are corrected, as ``delta_opt.Correction`` codes
+  (``paper`` 0, ``none`` 1, ``taylor`` 2; see ``delta_opt/plan.py``). Either one code, for every
+  query head, or exactly Hq codes, one per query head in order. The PyTorch op's
+  ``correction="paper"`` is ``[0]``; ``"taylor,none,paper"`` (Hq = 3) is ``[2, 1, 0]``; a
+  per-head list whose heads all agree is written as its one code.
 
-Semantics: DESIGN §1, as in ``delta_opt/ops/reference.py``. When ``Nq != Nk`` (decode steps,
+  Why integer codes and not the op's string: the function body must read the plan to select a
+  rule per head, and the ops TensorRT imports have no string tensors. A consumer must treat any
+  other code, or a list of another length, as an error; the function body outputs NaN for the
+  heads whose code it does not implement (see ``delta_opt/backends/onnx/body.py``).
+
+Semantics: DESIGN §1 and the correction rules, as in ``delta_opt/ops/reference.py``. When ``Nq != Nk`` (decode steps,
 chunked prefill) the node computes dense attention with the causal diagonal aligned bottom-right
 (query i sees keys ``j <= i + Nk - Nq``), exactly like the PyTorch op. A row with no visible key is
 zero.
@@ -45,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...config import default_tail
+from ...plan import Correction, format_corrections
 
 __all__ = [
     "ATTRIBUTES",
@@ -73,6 +84,10 @@ ATTRIBUTES: dict[str, tuple[str, str]] = {
     "stride": ("INT", "G >= 1: every G-th query row is an anchor computed densely"),
     "tail": ("INT", "T >= 0: rows [Np, N) with Np = floor((N - T) / G) * G are computed densely"),
     "scale": ("FLOAT", "softmax scale applied to q . k"),
+    "correction": (
+        "INTS",
+        "correction rule codes (paper 0, none 1, taylor 2) of rows [0, Np): one for every query head, or one per query head",
+    ),
 }
 
 
@@ -86,10 +101,16 @@ class NodeAttributes:
     stride: int
     tail: int
     scale: float
+    # One rule for every query head, or one per query head (a plan whose heads agree is one rule).
+    correction: tuple[Correction, ...] = (Correction.PAPER,)
 
     def __post_init__(self) -> None:
         if not isinstance(self.causal, bool):
             raise ValueError(f"causal must be a bool; got {self.causal!r}")
+        if isinstance(self.correction, (str, Correction)) or not isinstance(self.correction, (tuple, list)) or not self.correction:
+            raise ValueError(f"correction must be a non-empty sequence of rules; got {self.correction!r}")
+        rules = tuple(Correction.parse(c) for c in self.correction)
+        object.__setattr__(self, "correction", rules[:1] if len(set(rules)) == 1 else rules)
         for name, minimum in (("window", 1), ("sinks", 0), ("stride", 1), ("tail", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -101,13 +122,17 @@ class NodeAttributes:
     def from_op_kwargs(cls, kwargs: Mapping[str, Any], head_dim: int) -> "NodeAttributes":
         """Resolve the keyword arguments of ``delta_opt::delta_attention`` for a head dim D.
 
-        ``tail=None`` becomes ``max(128, stride)`` and ``scale=None`` becomes ``1/sqrt(D)``; the
-        op's defaults apply to missing keys. ``impl`` only chooses an eager implementation and is
-        not part of the node.
+        ``tail=None`` becomes ``max(128, stride)``, ``scale=None`` becomes ``1/sqrt(D)`` and the
+        ``correction`` string (one rule name, or a comma-separated list of one per query head)
+        becomes a tuple of rules; the op's defaults apply to missing keys. ``impl`` only chooses
+        an eager implementation and is not part of the node.
         """
         stride = kwargs.get("stride", 64)
         tail = kwargs.get("tail")
         scale = kwargs.get("scale")
+        correction = kwargs.get("correction", Correction.PAPER.value)
+        if not isinstance(correction, str) or not correction.strip():
+            raise ValueError(f"correction must be a rule name or a comma-separated list of them; got {correction!r}")
         return cls(
             causal=kwargs["causal"],
             window=kwargs.get("window", 2048),
@@ -115,10 +140,16 @@ class NodeAttributes:
             stride=stride,
             tail=default_tail(stride) if tail is None else tail,
             scale=1.0 / math.sqrt(head_dim) if scale is None else float(scale),
+            correction=tuple(Correction.parse(name) for name in correction.split(",")),
         )
 
-    def to_onnx(self) -> dict[str, int | float]:
-        """Attribute values as the node stores them (causal as int 0/1)."""
+    @property
+    def correction_string(self) -> str:
+        """The plan as the PyTorch op's ``correction`` argument (``"paper"``, ``"taylor,none,.."``)."""
+        return format_corrections(self.correction)
+
+    def to_onnx(self) -> dict[str, int | float | list[int]]:
+        """Attribute values as the node stores them (causal as int 0/1, rules as codes)."""
         return {
             "causal": int(self.causal),
             "window": self.window,
@@ -126,6 +157,7 @@ class NodeAttributes:
             "stride": self.stride,
             "tail": self.tail,
             "scale": float(self.scale),
+            "correction": [rule.code for rule in self.correction],
         }
 
 

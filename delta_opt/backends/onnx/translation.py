@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from onnxscript import opset18 as op
 from onnxscript.values import Op, Opset
 
+from ...plan import Correction
 from .body import SUPPORTED_ELEMENT_TYPES
 from .schema import DOMAIN, OP_TYPE, VERSION, NodeAttributes, op_schema
 
@@ -40,6 +41,7 @@ class Translation:
     def __init__(self) -> None:
         self.node = Op(Opset(DOMAIN, VERSION), OP_TYPE, op_schema())
         self.element_types: set[int] = set()
+        self.rules: set[Correction] = set()  # every correction rule some node uses
         self.sites = 0
 
     @property
@@ -72,14 +74,10 @@ class Translation:
                     f"retrieve={retrieve}: the DeltaAttention function body does not pick long-range keys; "
                     "export this model with retrieve=0 or keep it in PyTorch"
                 )
-            if correction != "paper":
-                raise ExportError(
-                    f"correction={correction!r}: the DeltaAttention function body implements the paper's rule only; "
-                    "export this model with correction='paper' or keep it in PyTorch"
-                )
             return self.translate(
-                q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale
-            )
+                q, k, v, attn_mask, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale,
+                correction=correction,
+            )  # fmt: skip
 
         return {torch.ops.delta_opt.delta_attention.default: delta_attention}
 
@@ -96,6 +94,7 @@ class Translation:
         stride: int = 64,
         tail: int | None = None,
         scale: float | None = None,
+        correction: str = "paper",
     ) -> Any:
         """One ``DeltaAttention`` node for one site (q, k, v, attn_mask are exporter values)."""
         element_type = int(q.dtype)
@@ -117,8 +116,15 @@ class Translation:
                 "the head dim of q (dim 3) is dynamic, but the node's scale attribute is 1/sqrt(D) for a fixed D: "
                 "make dim 3 static in dynamic_shapes or pass scale= to delta_attention"
             )
-        kwargs = dict(causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale)
+        kwargs = dict(causal=causal, window=window, sinks=sinks, stride=stride, tail=tail, scale=scale, correction=correction)
         attrs = NodeAttributes.from_op_kwargs(kwargs, head_dim if isinstance(head_dim, int) else 1)
+        q_heads = q.shape[1]
+        if len(attrs.correction) > 1 and not (isinstance(q_heads, int) and q_heads == len(attrs.correction)):
+            raise ExportError(
+                f"correction={correction!r} names one rule per query head ({len(attrs.correction)} rules), so the "
+                f"query head dim of q (dim 1) must be static and equal to that; got {q_heads}"
+            )
+        self.rules.update(attrs.correction)
         self.sites += 1
         return self.node(q, k, v, _canonical_mask(attn_mask, element_type), **attrs.to_onnx())
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from ...plan import Correction
 from ..onnx import schema
 
-__all__ = ["ATTRIBUTE_TYPES", "STAGE_ATTRIBUTES", "UnsupportedNodeError", "node_values", "unserved"]
+__all__ = ["ATTRIBUTE_TYPES", "STAGE_ATTRIBUTES", "UnsupportedNodeError", "node_corrections", "node_values", "unserved"]
 
 # ONNX attribute type -> the annotation TensorRT's Python plugins take (lists as 1-D numpy arrays).
 _PYTHON_TYPES: dict[str, Any] = {
@@ -71,22 +71,32 @@ def _scale(value: Any) -> str | None:
     return None if ok else "must be a finite float"
 
 
+def node_corrections(value: Any) -> tuple[Correction, ...]:
+    """The node's ``correction`` as rules: the op's string (``"paper"``, ``"taylor,none"``) or the
+    node's rule codes (``[0]``, ``[2, 1, 0]``; any int sequence or numpy array).
+
+    One rule (for every query head) or one per query head, as the node stores them; raises
+    ValueError for an unknown name or code, or an empty list.
+    """
+    if isinstance(value, str):
+        return tuple(Correction.parse(part) for part in value.split(","))
+    if isinstance(value, (bool, float)) or value is None:
+        raise ValueError(f"must be rule codes (ints) or rule names; got {value!r}")
+    codes = np.asarray(value).reshape(-1)
+    if codes.size == 0:
+        raise ValueError("holds no rule code (one, or one per query head, is required)")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"must be integer rule codes; got {codes.dtype}")
+    return tuple(Correction.from_code(int(c)) for c in codes)
+
+
 def _correction(value: Any) -> str | None:
-    """The rule as the op's string (``"paper"``, ``"taylor,none"``) or as the node's rule codes."""
+    """Every rule (paper 0, none 1, taylor 2) is served, one or per query head; the per-head
+    count is checked against the query heads where those are known (graph and plugin build)."""
     try:
-        if isinstance(value, str):
-            rules = {Correction.parse(part) for part in value.split(",")}
-        else:
-            codes = {getattr(rule, "code", index): rule for index, rule in enumerate(Correction)}
-            values = [int(v) for v in np.asarray(value).reshape(-1)]
-            unknown = sorted(set(values) - set(codes))
-            if unknown or not values:
-                return f"holds no rule code(s) {unknown} (known: {sorted(codes)})"
-            rules = {codes[v] for v in values}
+        node_corrections(value)
     except (ValueError, TypeError) as e:
         return str(e)
-    if rules != {Correction.PAPER}:
-        return "the compiled kernels implement the paper's rule ('paper') only"
     return None
 
 
@@ -107,7 +117,7 @@ def unserved(values: Mapping[str, Any]) -> dict[str, str]:
     """``{attribute: why}`` for every value in ``values`` the kernels cannot serve.
 
     Missing attributes of the schema, attributes the kernels do not know, and values they do not
-    compute (e.g. ``correction='taylor'``) are all reported; an empty dict means servable.
+    compute (e.g. ``correction=[7]``, no such rule) are all reported; an empty dict means servable.
     """
     reasons = {}
     for name in ATTRIBUTE_TYPES:

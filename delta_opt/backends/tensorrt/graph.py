@@ -6,11 +6,13 @@ plugin's ahead-of-time kernel when the node carries ``aot=1``. Each ``delta_opt.
 node becomes (see :mod:`.stages`)::
 
     bias    = Expand(Cast(attn_mask, float) * log2(e), [Bm, Hm, Mq, Nk])   # standard ops
-    partial, delta = DeltaAttentionDense(q, k, v, bias, scale)
-    out     = DeltaAttentionSparse(q, k, v, bias, scale, delta, partial)   # out aliases partial
+    rules   = Expand([code], Shape(q)[1:2])     # or the per-head codes as an int32 initializer
+    partial, delta, mean_key, offset = DeltaAttentionDense(q, k, v, bias, scale, rules)
+    out     = DeltaAttentionSparse(q, k, v, bias, scale, rules, delta, mean_key, offset, partial)
 
-with ``scale`` a one-element fp32 initializer holding ``scale * log2(e)``. A mask that is the
-exporter's constant "no mask" (all zeros) is not read at all (``has_bias=0``). Nodes the kernels
+(``out`` aliases ``partial``) with ``scale`` a one-element fp32 initializer holding
+``scale * log2(e)`` and ``rules`` the node's ``correction`` codes, one int32 per query head. A
+mask that is the exporter's constant "no mask" (all zeros) is not read at all (``has_bias=0``). Nodes the kernels
 cannot compute as asked (an attribute value they do not serve, a mask that varies per query) are
 refused with every reason at once, before TensorRT runs. The file :func:`delta_opt.export_onnx`
 wrote is not changed: ONNX Runtime keeps running it through the function body.
@@ -27,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..onnx.schema import DOMAIN, INPUTS, OP_TYPE
-from .attributes import STAGE_ATTRIBUTES, UnsupportedNodeError, node_values, unserved
+from .attributes import STAGE_ATTRIBUTES, UnsupportedNodeError, node_corrections, node_values, unserved
 from .stages import DENSE, NAMESPACE, SPARSE, VERSION
 
 __all__ = ["PLUGIN_FIELDS", "PreparedModel", "PreparedNode", "prepare_onnx"]
@@ -88,10 +90,20 @@ def _mask_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
 
 
 def _reasons(node: onnx.NodeProto, shapes: dict[str, list]) -> list[str]:
-    reasons = [f"{name}{why}" if why.startswith("=") else f"{name} {why}" for name, why in unserved(node_values(node)).items()]
+    values = node_values(node)
+    unserved_values = unserved(values)
+    reasons = [f"{name}{why}" if why.startswith("=") else f"{name} {why}" for name, why in unserved_values.items()]
     if len(node.input) != len(INPUTS) or not all(node.input):
         reasons.append(f"expects the inputs {list(INPUTS)}; got {list(node.input)}")
         return reasons
+    q = shapes.get(node.input[0])
+    heads = q[1] if q is not None and len(q) == 4 else None
+    if "correction" in values and "correction" not in unserved_values:
+        count = len(node_corrections(values["correction"]))
+        if count > 1 and isinstance(heads, int) and count != heads:
+            reasons.append(f"correction names {count} rules but q has {heads} query heads (one, or one per head, expected)")
+        elif count > 1 and isinstance(heads, str):  # unknown (None) is left to the plugin's check
+            reasons.append(f"correction names one rule per query head, but the query head count (dim 1 of q) is dynamic ({heads!r})")
     mask = shapes.get(node.input[3])
     query_dim = mask[2] if mask is not None and len(mask) == 4 else None
     # A named dim is dynamic (the sequence); an unknown one (None) is left to the plugin's check.
@@ -144,24 +156,33 @@ def _rewrite(node: onnx.NodeProto, graph: onnx.GraphProto, names: _Names, base: 
         return name
 
     nodes = []
-    scale = init("scale_log2", np.array([values["scale"] * math.log2(math.e)], dtype=np.float32))
-    if has_bias:
-        def op(op_type: str, *inputs: str, **attrs: Any) -> str:
-            out = names(f"{base}/bias_{op_type.lower()}")
-            nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
-            return out
 
+    def op(op_type: str, *inputs: str, **attrs: Any) -> str:
+        out = names(f"{base}/{op_type.lower()}")
+        nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    scale = init("scale_log2", np.array([values["scale"] * math.log2(math.e)], dtype=np.float32))
+    zero, one, two, three = (init(f"i{i}", np.array([i], np.int64)) for i in range(4))
+    if has_bias:
         logits = op("Mul", op("Cast", mask, to=TensorProto.FLOAT), init("log2e", np.array(math.log2(math.e), np.float32)))
-        zero, two, three = (init(f"i{i}", np.array([i], np.int64)) for i in (0, 2, 3))
         keys = op("Slice", op("Shape", k), two, three, zero)
         head = op("Slice", op("Shape", logits), zero, three, zero)
         bias = op("Expand", logits, op("Concat", head, keys, axis=0))
     else:
         bias = init("no_bias", np.zeros((1, 1, 1, 1), np.float32))  # never read (has_bias=0)
-    partial, delta = names(f"{base}/partial"), names(f"{base}/delta")
+    # The rule code of every query head (static per node: a constant TensorRT folds).
+    codes = np.array([rule.code for rule in node_corrections(values.get("correction", [0]))], np.int32)
+    if codes.size == 1:
+        rules = op("Expand", init("rule", codes), op("Slice", op("Shape", q), one, two, zero))
+    else:
+        rules = init("rules", codes)
+    scratch = [names(f"{base}/{name}") for name in ("delta", "mean_key", "offset")]
+    partial = names(f"{base}/partial")
     dense_name, sparse_name = names(f"{base}/{DENSE.plugin}"), names(f"{base}/{SPARSE.plugin}")
-    nodes.append(_stage_node(DENSE, [q, k, v, bias, scale], [partial, delta], values, has_bias, dense_name))
-    nodes.append(_stage_node(SPARSE, [q, k, v, bias, scale, delta, partial], list(node.output), values, has_bias, sparse_name))
+    nodes.append(_stage_node(DENSE, [q, k, v, bias, scale, rules], [partial, *scratch], values, has_bias, dense_name))
+    sparse_inputs = [q, k, v, bias, scale, rules, *scratch, partial]
+    nodes.append(_stage_node(SPARSE, sparse_inputs, list(node.output), values, has_bias, sparse_name))
     return nodes, inits, PreparedNode(base, has_bias, dense_name, sparse_name)
 
 

@@ -2,7 +2,8 @@
 
 For each stage of :mod:`.stages` this registers, under ``delta_opt::<name>`` version 1:
 
-- ``@trtp.register``: output shapes and types from :func:`.stages.output_shapes`;
+- ``@trtp.register``: output shapes and types from :func:`.stages.output_shapes` (the dense
+  stage's scratch -- anchor corrections, taylor mean keys and offsets -- in fp32);
 - ``@trtp.autotune``: the I/O types the kernels take (:meth:`.stages.Stage.type_combination`);
 - ``@trtp.aot_impl``: the Triton kernel compiled for the build GPU (:func:`.aot.compile_stage`),
   its PTX laid out in TensorRT's parameter order, the grid, block and shared memory, and the
@@ -11,7 +12,11 @@ For each stage of :mod:`.stages` this registers, under ``delta_opt::<name>`` ver
 
 The functions' signatures are built from :data:`.attributes.STAGE_ATTRIBUTES` (the node
 contract's attributes), so a new attribute of the schema reaches the plugins; values the kernels
-cannot serve fail the engine build with :class:`.attributes.UnsupportedNodeError`.
+cannot serve fail the engine build with :class:`.attributes.UnsupportedNodeError`. The node's
+``correction`` (rule codes, one or per query head) is such a field: it picks the compiled variant
+(taylor or not) and the anchor blocks, while the kernels read each head's code from the ``rules``
+input -- an ahead-of-time plugin cannot own a device buffer, so :mod:`.graph` feeds the codes as a
+constant int32 tensor.
 
 Importing this module does not import tensorrt; :func:`register_plugins` does. Nothing here
 runs without TensorRT, which no machine of this project has: it is written against the
@@ -131,7 +136,8 @@ def _describe(stage: Stage, args: Mapping[str, Any], trt: Any, trtp: Any) -> Any
     if any(getattr(e, "is_fake", False) for e in args["q"].shape_expr):
         # TensorRT only asks for the output types here, with placeholder sizes: no arithmetic.
         shape = {name: (q[0], q[1], q[2], v[3]) for name in DENSE.outputs}
-    dtypes = {"out": args["q"].dtype, "delta": trt.float32}
+    dtypes = {name: trt.float32 for name in DENSE.outputs}  # the scratch between the plugins
+    dtypes["out"] = args["q"].dtype
     return tuple(
         trtp.from_shape_expr(tuple(_lower(d, leaves, trtp) for d in shape[name]), dtype=dtypes[name])
         for name in DENSE.outputs
@@ -167,8 +173,11 @@ def _aot(stage: Stage, args: Mapping[str, Any], trt: Any, trtp: Any) -> tuple:
     reasons = unserved(values)
     if reasons:
         raise UnsupportedNodeError(f"{stage.plugin}: " + "; ".join(f"{k}{v}" for k, v in reasons.items()))
-    shapes, leaves, ranges = _sizes({n: args[n] for n in ("q", "k", "v", "bias")}, constants=True)
+    shapes, leaves, ranges = _sizes({n: args[n] for n in ("q", "k", "v", "bias", "rules")}, constants=True)
     dims = StageDims.from_shapes(shapes)
+    rules = shapes["rules"]
+    if len(rules) != 1 or (isinstance(rules[0], int) and isinstance(dims.q_heads, int) and rules[0] != dims.q_heads):
+        raise UnsupportedNodeError(f"{stage.plugin}: rules must hold one int32 code per query head ({dims.q_heads}); got shape {rules}")
     attrs = StageAttributes.from_values(values)
     build = plan_stage(stage, dims, attrs, _torch_dtype(trt, args["q"].dtype), kernel_function(stage).arg_names)
     problems = check_ranges(build.layout, build.grid, ranges)

@@ -5,7 +5,8 @@ A TensorRT ahead-of-time plugin launches its kernel with the parameters
     (input pointers..., extra int32 arguments..., output pointers..., [Triton's hidden scratch])
 
 — inputs and outputs in the plugin's I/O order, the hidden trailing pointers padded with null
-by TensorRT. The Triton kernels declare ``(Q, K, V, Out, Delta, Bias, Scale, ints...)``.
+by TensorRT. The Triton kernels declare ``(Q, K, V, Out, Delta, Bias, Scale, Rules, MeanKey,
+Offset, ints...)``.
 :func:`kernel_layout` decides, from the plan's symbolic arguments (the eager launcher's own
 argument builders, :mod:`delta_opt.ops.triton.arguments`):
 
@@ -30,7 +31,7 @@ __all__ = ["INT32_MAX", "KernelLayout", "Param", "check_ranges", "kernel_layout"
 
 INT32_MAX = 2**31 - 1
 _GRID_Y_MAX = 65535
-_TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+_TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64", "int32": "i32"}
 
 
 @dataclass(frozen=True)

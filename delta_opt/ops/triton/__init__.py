@@ -22,7 +22,7 @@ import os
 import torch
 
 from ...config import Impl
-from ...plan import Correction, parse_corrections
+from ...plan import parse_corrections
 from ..blocked import delta_attention_blocked
 from ..checks import check_inputs, resolve_scale, resolve_tail
 from .launch import BlockConfig, unsupported_reason
@@ -81,6 +81,8 @@ def delta_attention_triton(
         attn_mask: None, or a key mask (bool, True = may attend, or additive float)
             broadcastable to [B, Hq, 1, Nk]; other masks run on ``blocked`` (logged once).
         causal, window, sinks, stride, tail, scale: as in ``delta_attention_reference``.
+        correction: "paper", "none" or "taylor", or a comma-separated list, one per query head;
+            every rule runs in the kernels (each head reads its rule from a small int32 tensor).
         blocks: tile sizes (default :func:`.launch.block_config`); tests use it to vary tiling.
 
     Returns:
@@ -92,8 +94,6 @@ def delta_attention_triton(
     )
     params = dict(causal=causal, window=window, sinks=sinks, stride=stride, tail=resolve_tail(tail, stride))
     reason = unsupported_reason(q, k, v, attn_mask, interpret=q.device.type == "cpu" or interpreter_enabled())
-    if reason is None and set(parse_corrections(correction, shape.q_heads)) != {Correction.PAPER}:
-        reason = f"correction={correction!r}: the kernels implement the paper's rule only"
     if reason is None and retrieve > 0:
         reason = "retrieve > 0: the kernels do not pick long-range keys yet"
     if reason is not None:
@@ -103,7 +103,10 @@ def delta_attention_triton(
         )
     from .forward import run_kernels  # imports Triton and the kernels on first use
 
-    return run_kernels(q, k, v, attn_mask, shape, **params, scale=resolve_scale(scale, shape.head_dim), blocks=blocks)
+    return run_kernels(
+        q, k, v, attn_mask, shape, **params, scale=resolve_scale(scale, shape.head_dim),
+        corrections=parse_corrections(correction, shape.q_heads), blocks=blocks,
+    )  # fmt: skip
 
 
 def register() -> None:

@@ -30,7 +30,7 @@ __all__ = [
 # Integer arguments that change with the sequence length: the kernels are compiled without
 # specialising on their values (divisible by 16, equal to 1), so that a model meeting many
 # lengths compiles each kernel once rather than once per combination.
-UNSPECIALIZED = ("n_q", "n_k", "n_rows", "n_anchors", "n_corrected", "causal_offset")
+UNSPECIALIZED = ("n_q", "n_k", "n_anchors", "anchor_blocks", "n_corrected", "causal_offset")
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,10 @@ class KernelBuffers:
     """The tensors one call passes to the kernels (any device, ``meta`` included).
 
     q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], out [B, Hq, Nq, Dv] (dtype of q);
-    delta [B, Hq, Np / G, Dv], scale [1] (``scale * log2(e)``) and bias [B, Hq, Nk] (or None) in
-    the accumulator dtype.
+    rules [Hq] int32 (``Correction.code`` of each query head); in the accumulator dtype: delta
+    [B, Hq, Np / G, Dv] (``O_d - O_s`` for paper heads, ``O_r`` for taylor heads), scale [1]
+    (``scale * log2(e)``), bias [B, Hq, Nk] (or None), and for plans with a taylor head
+    mean_key [B, Hq, Np / G, D] and offset [B, Hq, Np / G] (None otherwise).
     """
 
     q: torch.Tensor
@@ -48,7 +50,10 @@ class KernelBuffers:
     out: torch.Tensor
     delta: torch.Tensor
     scale: torch.Tensor
+    rules: torch.Tensor
     bias: torch.Tensor | None = None
+    mean_key: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -57,13 +62,23 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _tensor_args(b: KernelBuffers) -> dict[str, Any]:
-    bias = b.scale if b.bias is None else b.bias  # never read without HAS_BIAS
-    args: dict[str, Any] = dict(Q=b.q, K=b.k, V=b.v, Out=b.out, Delta=b.delta, Bias=bias, Scale=b.scale)
+    # Absent optional buffers are never read (HAS_BIAS / TAYLOR are off): pass a valid pointer.
+    bias = b.scale if b.bias is None else b.bias
+    mean_key = b.scale if b.mean_key is None else b.mean_key
+    offset = b.scale if b.offset is None else b.offset
+    args: dict[str, Any] = dict(
+        Q=b.q, K=b.k, V=b.v, Out=b.out, Delta=b.delta, Bias=bias, Scale=b.scale, Rules=b.rules,
+        MeanKey=mean_key, Offset=offset,
+    )  # fmt: skip
     for prefix, t in (("q", b.q), ("k", b.k), ("v", b.v), ("o", b.out), ("d", b.delta)):
         # An empty delta buffer (no anchors) still has strides; it is never dereferenced.
         for dim, st in zip("bhnd", strides(t)):
             args[f"stride_{prefix}{dim}"] = st
     args["stride_biasb"], args["stride_biash"] = (0, 0) if b.bias is None else b.bias.stride()[:2]
+    for dim, st in zip("bhnd", (0, 0, 0, 0) if b.mean_key is None else strides(b.mean_key)):
+        args[f"stride_m{dim}"] = st
+    for dim, st in zip("bhn", (0, 0, 0) if b.offset is None else strides(b.offset)):
+        args[f"stride_c{dim}"] = st
     return args
 
 
@@ -71,8 +86,8 @@ def dense_kernel_args(plan: KernelPlan, buffers: KernelBuffers) -> dict[str, Any
     """Runtime arguments of ``delta_dense_kernel`` by parameter name (constexprs apart)."""
     return dict(
         _tensor_args(buffers),
-        q_heads=plan.q_heads, group=plan.group, n_q=plan.n_q, n_k=plan.n_k, n_rows=plan.n_dense_rows,
-        n_anchors=plan.n_anchors, n_corrected=plan.n_corrected, anchor_stride=plan.stride,
+        q_heads=plan.q_heads, group=plan.group, n_q=plan.n_q, n_k=plan.n_k, n_anchors=plan.n_anchors,
+        anchor_blocks=plan.anchor_blocks, n_corrected=plan.n_corrected, anchor_stride=plan.stride,
         causal_offset=plan.causal_offset, head_dim=plan.head_dim, value_dim=plan.value_dim,
         window=plan.window, sinks=plan.sinks,
     )  # fmt: skip
@@ -93,6 +108,8 @@ def constexprs(plan: KernelPlan, dtype: torch.dtype, *, has_bias: bool, interpre
     return dict(
         CAUSAL=plan.causal,
         HAS_BIAS=has_bias,
+        # The long-range sweep and the mixing epilogue are compiled in only when a head needs them.
+        TAYLOR=plan.has_taylor,
         # The interpreter's bf16 dot is wrong (and its fp16 dot slow): cast operands up there.
         UPCAST=interpret,
         # fp32 inputs get exact fp32 products, not TF32, to meet fp32 tolerances; the option is

@@ -17,8 +17,11 @@ import subprocess
 import tempfile
 from typing import Any
 
+from typing import Sequence
+
 import torch
 
+from ...plan import Correction
 from ..checks import AttentionShape, resolve_tail
 from .arguments import (
     KernelBuffers,
@@ -43,11 +46,15 @@ def compile_kernels(
     stride: int,
     tail: int | None = None,
     has_mask: bool = False,
+    corrections: Sequence[Correction | str] | None = None,
     arch: int = 90,
     blocks: BlockConfig | None = None,
 ) -> dict[str, Any]:
     """``{"dense": CompiledKernel, "sparse": CompiledKernel}`` for sm_``arch`` (sparse absent when
-    the call is all dense). ``kernel.asm["cubin"]`` holds the binary, ``["ptx"]`` the PTX."""
+    the call is all dense). ``kernel.asm["cubin"]`` holds the binary, ``["ptx"]`` the PTX.
+
+    ``corrections`` is one rule per query head (None: ``paper``); a plan with a ``taylor`` head
+    compiles the variant with the long-range sweep and the mixing epilogue."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -59,6 +66,7 @@ def compile_kernels(
     plan = plan_launch(
         shape, dtype, causal=causal, window=window, sinks=sinks, stride=stride,
         tail=resolve_tail(tail, stride), scale=shape.head_dim**-0.5, blocks=blocks,
+        corrections=None if corrections is None else [Correction.parse(c) for c in corrections],
     )  # fmt: skip
     acc = accumulator_dtype(dtype)
 
@@ -73,7 +81,10 @@ def compile_kernels(
         out=meta(b, hq, n_q, shape.value_dim),
         delta=meta(*plan.delta_shape, dt=acc),
         scale=meta(1, dt=acc),
+        rules=meta(hq, dt=torch.int32),
         bias=meta(b, 1, n_k, dt=acc).expand(b, hq, n_k) if has_mask else None,  # a key-padding mask
+        mean_key=meta(*plan.mean_key_shape, dt=acc) if plan.has_taylor else None,
+        offset=meta(*plan.offset_shape, dt=acc) if plan.has_taylor else None,
     )
     compile_time = constexprs(plan, dtype, has_bias=has_mask, interpret=False)
     options = dict(num_warps=plan.blocks.num_warps, num_stages=plan.blocks.num_stages)

@@ -7,8 +7,11 @@ or in the CPU interpreter is fixed when :mod:`.kernels` is imported (Triton read
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
+from ...plan import Correction
 from ..checks import AttentionShape
 from . import kernels
 from .arguments import KernelBuffers, accumulator_dtype, constexprs, dense_kernel_args, sparse_kernel_args
@@ -33,13 +36,16 @@ def run_kernels(
     stride: int,
     tail: int,
     scale: float,
+    corrections: Sequence[Correction],
     blocks: BlockConfig | None = None,
 ) -> torch.Tensor:
     """Delta Attention of validated, kernel-supported inputs (see :func:`.launch.unsupported_reason`).
 
     q [B, Hq, Nq, D], k [B, Hkv, Nk, D], v [B, Hkv, Nk, Dv], ``attn_mask`` None or a key mask
-    broadcastable to [B, Hq, 1, Nk]. Returns [B, Hq, Nq, Dv] in the dtype of q. Scratch beyond
-    the output: the [B, Hq, Np / G, Dv] anchor corrections and, with a mask, an O(B * Hq * Nk) bias.
+    broadcastable to [B, Hq, 1, Nk]; ``corrections`` one rule per query head. Returns
+    [B, Hq, Nq, Dv] in the dtype of q. Scratch beyond the output: the [B, Hq, Np / G, Dv] anchor
+    buffer, with a taylor head also [B, Hq, Np / G, D + 1] of mean keys and offsets, and with a
+    mask an O(B * Hq * Nk) bias.
     """
     if q.device.type == "cpu" and not INTERPRETED:
         raise RuntimeError(
@@ -48,7 +54,7 @@ def run_kernels(
         )
     plan: KernelPlan = plan_launch(
         shape, q.dtype, causal=causal, window=window, sinks=sinks, stride=stride, tail=tail,
-        scale=scale, interpret=INTERPRETED, blocks=blocks,
+        scale=scale, corrections=corrections, interpret=INTERPRETED, blocks=blocks,
     )  # fmt: skip
     acc_dtype = accumulator_dtype(q.dtype)
     out = q.new_empty(plan.batch, plan.q_heads, plan.n_q, plan.value_dim)
@@ -60,7 +66,10 @@ def run_kernels(
         q=q, k=k, v=v, out=out,
         delta=torch.empty(plan.delta_shape, dtype=acc_dtype, device=q.device),
         scale=torch.tensor([plan.qk_scale_log2], dtype=acc_dtype, device=q.device),
+        rules=torch.tensor(plan.rule_codes, dtype=torch.int32, device=q.device),
         bias=None if attn_mask is None else key_mask_bias(attn_mask, shape, acc_dtype),
+        mean_key=torch.empty(plan.mean_key_shape, dtype=acc_dtype, device=q.device) if plan.has_taylor else None,
+        offset=torch.empty(plan.offset_shape, dtype=acc_dtype, device=q.device) if plan.has_taylor else None,
     )  # fmt: skip
     options = dict(
         constexprs(plan, q.dtype, has_bias=attn_mask is not None, interpret=INTERPRETED),

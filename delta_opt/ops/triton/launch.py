@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 
+from ...plan import Correction
 from ..checks import AttentionShape, num_corrected_rows
 
 __all__ = [
@@ -81,10 +84,23 @@ def block_config(
 
 @dataclass(frozen=True)
 class KernelPlan:
-    """What one call launches: the row split of DESIGN §1 and both grids.
+    """What one call launches: the row split of DESIGN §1, the correction rule of every query
+    head, and both grids.
 
-    Dense rows are the anchors ``0, G, ..., Np - G`` then the tail ``[Np, Nq)``; when the whole
-    result is dense (``all_dense``) they are every row and no sparse pass runs.
+    The dense kernel's row blocks are the *anchor blocks* (anchor slots ``0 .. n_anchors - 1``,
+    ``BLOCK_M`` per block; slot r is row ``r * G``) followed by the *tail blocks* (rows
+    ``[Np, Nq)``), so that no block mixes anchors and tail rows. When the whole result is dense
+    (``all_dense``) every row is a tail row and no sparse pass runs.
+
+    Per query head (``corrections``, codes in ``Correction.code``) the anchor blocks do:
+
+    - ``paper``: ``O_d`` of the anchor into the output and ``O_d - O_s`` into the anchor buffer;
+      the sparse kernel adds it to the block's other rows and leaves the anchor row alone;
+    - ``taylor``: the anchor's long-range statistics only (attention over the keys outside its
+      window and sinks): ``O_r`` into the anchor buffer, the mean key ``mu`` and
+      ``c = lse_r - s q_a . mu`` (log2 units); the sparse kernel mixes every row of the block,
+      the anchor included, with ``sigmoid(c + s q_i . mu - lse_s(i))``;
+    - ``none``: nothing; the sparse kernel stores ``O_s`` for every row of ``[0, Np)``.
     """
 
     batch: int
@@ -99,10 +115,12 @@ class KernelPlan:
     sinks: int
     stride: int
     scale: float
+    corrections: tuple[Correction, ...]  # one rule per query head
     all_dense: bool
-    n_corrected: int  # Np: rows [0, Np) are sparse + delta
+    n_corrected: int  # Np: rows [0, Np) are sparse + correction
     n_anchors: int  # Np / G
-    n_dense_rows: int  # anchors + tail, or Nq when all_dense
+    anchor_blocks: int  # dense-kernel blocks of anchor slots (0 when no head uses its anchors)
+    n_dense_rows: int  # rows the dense kernel may compute: anchors + tail, or Nq when all_dense
     causal_offset: int  # query i sees keys j <= i + offset when causal (Nk - Nq)
     blocks: BlockConfig
     block_d: int
@@ -118,8 +136,22 @@ class KernelPlan:
         return self.scale * math.log2(math.e)
 
     @property
+    def rule_codes(self) -> tuple[int, ...]:
+        """The per-head rule codes the kernels read (an int32 tensor of Hq entries)."""
+        return tuple(rule.code for rule in self.corrections)
+
+    @property
+    def has_taylor(self) -> bool:
+        """Whether some head uses ``taylor`` (compiles the long-range sweep into the dense kernel)."""
+        return not self.all_dense and Correction.TAYLOR in self.corrections
+
+    @property
+    def tail_blocks(self) -> int:
+        return cdiv(self.n_q - self.n_corrected, self.blocks.block_m)
+
+    @property
     def dense_grid(self) -> tuple[int, int]:
-        return (cdiv(self.n_dense_rows, self.blocks.block_m), self.batch * self.q_heads)
+        return (self.anchor_blocks + self.tail_blocks, self.batch * self.q_heads)
 
     @property
     def sparse_grid(self) -> tuple[int, int] | None:
@@ -128,24 +160,37 @@ class KernelPlan:
             return None
         return (cdiv(self.n_corrected, self.blocks.block_m), self.batch * self.q_heads)
 
-    def dense_rows(self) -> torch.Tensor:
-        """The query rows the dense kernel writes, in its order (the kernel computes the same map).
+    def dense_rows(self, rule: Correction | str = Correction.PAPER) -> torch.Tensor:
+        """The query rows the dense kernel stores for a head of ``rule``, in its order (the kernel
+        computes the same map): the anchors (``paper`` only), then the tail.
 
-        Together with the rows the sparse kernel stores (``i < Np`` and ``i % G != 0``) they are
-        every row exactly once.
+        Together with :meth:`sparse_rows` of the same rule they are every row exactly once.
         """
-        r = torch.arange(self.n_dense_rows)
-        return torch.where(r < self.n_anchors, r * self.stride, self.n_corrected + r - self.n_anchors)
+        rule = Correction.parse(rule)
+        anchors = torch.arange(self.n_anchors) * self.stride
+        tail = torch.arange(self.n_corrected, self.n_q)
+        return torch.cat([anchors, tail]) if rule is Correction.PAPER else tail
 
-    def sparse_rows(self) -> torch.Tensor:
-        """The query rows the sparse kernel stores: ``[0, Np)`` less the anchors."""
+    def sparse_rows(self, rule: Correction | str = Correction.PAPER) -> torch.Tensor:
+        """The query rows the sparse kernel stores for a head of ``rule``: ``[0, Np)``, less the
+        anchors for ``paper`` (the dense kernel wrote them exactly)."""
         rows = torch.arange(self.n_corrected)
-        return rows[rows % self.stride != 0]
+        return rows[rows % self.stride != 0] if Correction.parse(rule) is Correction.PAPER else rows
 
     @property
     def delta_shape(self) -> tuple[int, int, int, int]:
-        """The anchor correction buffer [B, Hq, Np / G, Dv]: the only scratch beyond the output."""
+        """The anchor buffer [B, Hq, Np / G, Dv]: ``O_d - O_s`` (paper heads) or ``O_r`` (taylor heads)."""
         return (self.batch, self.q_heads, self.n_anchors, self.value_dim)
+
+    @property
+    def mean_key_shape(self) -> tuple[int, ...]:
+        """The taylor heads' mean long-range keys [B, Hq, Np / G, D]; (0,) when no head uses taylor."""
+        return (self.batch, self.q_heads, self.n_anchors, self.head_dim) if self.has_taylor else (0,)
+
+    @property
+    def offset_shape(self) -> tuple[int, ...]:
+        """The taylor heads' ``lse_r - s q_a . mu`` per anchor [B, Hq, Np / G]; (0,) without taylor."""
+        return (self.batch, self.q_heads, self.n_anchors) if self.has_taylor else (0,)
 
 
 def plan_launch(
@@ -158,25 +203,34 @@ def plan_launch(
     stride: int,
     tail: int,
     scale: float,
+    corrections: Sequence[Correction] | None = None,
     interpret: bool = False,
     blocks: BlockConfig | None = None,
 ) -> KernelPlan:
-    """The launch of one call, for validated sizes and resolved ``tail`` and ``scale``."""
+    """The launch of one call, for validated sizes, resolved ``tail`` and ``scale``, and one
+    rule per query head (``corrections``; None means ``paper`` everywhere)."""
+    rules = tuple(Correction.parse(r) for r in corrections) if corrections is not None else (Correction.PAPER,) * shape.q_heads
+    if len(rules) != shape.q_heads:
+        raise ValueError(f"corrections must name one rule per query head (Hq={shape.q_heads}); got {len(rules)}")
     n_q, n_k = shape.q_len, shape.kv_len
     n_corrected = num_corrected_rows(n_q, stride, tail) if n_q == n_k else 0
     all_dense = (
         n_q != n_k  # decode step or chunk: dense, bottom-right causal
         or n_corrected == 0  # everything is tail
-        or stride == 1  # every row is its own anchor
+        # every row is its own anchor: paper and taylor are then dense ("none" stays sparse)
+        or (stride == 1 and Correction.NONE not in rules)
         or window >= n_q  # the window already covers every pair
     )
+    blocks = blocks or block_config(shape.head_dim, shape.value_dim, dtype, interpret=interpret)
     if all_dense:
-        n_corrected = n_anchors = 0
+        n_corrected = n_anchors = anchor_blocks = 0
         n_dense = n_q
     else:
         n_anchors = n_corrected // stride
         n_dense = n_anchors + (n_q - n_corrected)
-    blocks = blocks or block_config(shape.head_dim, shape.value_dim, dtype, interpret=interpret)
+        # "none" heads never read their anchors: an all-"none" call launches no anchor block.
+        uses_anchors = any(rule is not Correction.NONE for rule in rules)
+        anchor_blocks = cdiv(n_anchors, blocks.block_m) if uses_anchors else 0
     return KernelPlan(
         batch=shape.batch,
         q_heads=shape.q_heads,
@@ -190,9 +244,11 @@ def plan_launch(
         sinks=sinks,
         stride=stride,
         scale=scale,
+        corrections=rules,
         all_dense=all_dense,
         n_corrected=n_corrected,
         n_anchors=n_anchors,
+        anchor_blocks=anchor_blocks,
         n_dense_rows=n_dense,
         causal_offset=n_k - n_q,
         blocks=blocks,
