@@ -34,18 +34,22 @@ OP = "delta_opt::delta_attention"
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One way to run a layer: a correction rule, retrieved keys per anchor, optionally a stride."""
+    """One way to run a layer: a correction rule, retrieved keys per anchor, optionally a stride
+    and a window (None: the config's)."""
 
     correction: Correction
     retrieve: int = 0
     stride: int | None = None
+    window: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "correction", Correction.parse(self.correction))
         if isinstance(self.retrieve, bool) or not isinstance(self.retrieve, int) or self.retrieve < 0:
             raise ValueError(f"retrieve must be an integer >= 0; got {self.retrieve!r}")
-        if self.stride is not None and (isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1):
-            raise ValueError(f"stride must be an integer >= 1 or None; got {self.stride!r}")
+        for name in ("stride", "window"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None; got {value!r}")
 
     @property
     def label(self) -> str:
@@ -54,11 +58,13 @@ class Candidate:
             parts.append(f"r{self.retrieve}")
         if self.stride is not None:
             parts.append(f"G{self.stride}")
+        if self.window is not None:
+            parts.append(f"W{self.window}")
         return "+".join(parts)
 
     def plan(self, heads: int | None) -> LayerPlan:
         corrections = (self.correction,) * heads if heads else ()
-        return LayerPlan(corrections=corrections, stride=self.stride, retrieve=self.retrieve)
+        return LayerPlan(corrections=corrections, window=self.window, stride=self.stride, retrieve=self.retrieve)
 
 
 DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
@@ -231,6 +237,7 @@ def _apply(
             "retrieve": candidate.retrieve,
             "stride": stride,
             "tail": tail,
+            "window": candidate.window or kwargs["window"],
         }
     module.recompile()
 

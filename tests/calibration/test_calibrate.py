@@ -64,3 +64,17 @@ def test_bad_arguments():
         calibrate(model, inputs, CONFIG, objective="ppl")
     with pytest.raises(ValueError, match="retrieve must be an integer >= 0"):
         Candidate(Correction.NONE, retrieve=-1)
+    with pytest.raises(ValueError, match="window must be an integer >= 1 or None"):
+        Candidate(Correction.NONE, window=0)
+
+
+def test_window_and_stride_candidates_reach_the_plan_and_the_program():
+    """A candidate may also pick a layer's W and G; the chosen ones are what the program runs."""
+    model, inputs = tiny_llama(seq_len=96, seed=5)
+    candidates = [Candidate("none", window=4, stride=8), Candidate("paper", window=96)]  # W=96 covers N: dense
+    report = calibrate_layers(model, inputs, CONFIG, candidates=candidates)
+    assert set(report.chosen.values()) == {"paper+W96"}  # dense attention is the closest to dense
+    assert report.calibrated == pytest.approx(0.0, abs=1e-9)
+    for _, plan in report.config.layer_plans:
+        assert (plan.window, plan.stride) == (96, None)
+    assert Candidate("none", window=4, stride=8).plan(4).window == 4
