@@ -119,6 +119,7 @@ def calibrate(
     candidates: Sequence[Candidate] = DEFAULT_CANDIDATES,
     objective: str = "auto",
     dynamic_shapes: Any = None,
+    tolerance: float = 0.0,
 ) -> DeltaConfig:
     """``config`` with a per-layer plan chosen on ``calibration_inputs`` (see the module docstring).
 
@@ -130,10 +131,14 @@ def calibrate(
         candidates: what each layer may use (default: the rules none, paper and taylor).
         objective: ``"kl"`` (next-token KL; for outputs [B, N, V] of logits), ``"rel_l2"``, or
             ``"auto"`` (KL when the output looks like logits).
+        tolerance: relative slack on the objective: a layer takes the cheapest candidate (fewest
+            attended pairs, :func:`delta_opt.ops.cost.attention_cost`) whose objective is within
+            ``(1 + tolerance)`` of the layer's best. 0 takes the best.
     """
     return calibrate_layers(
-        model, calibration_inputs, config, candidates=candidates, objective=objective, dynamic_shapes=dynamic_shapes
-    ).config
+        model, calibration_inputs, config, candidates=candidates, objective=objective,
+        dynamic_shapes=dynamic_shapes, tolerance=tolerance,
+    ).config  # fmt: skip
 
 
 def calibrate_layers(
@@ -144,6 +149,7 @@ def calibrate_layers(
     candidates: Sequence[Candidate] = DEFAULT_CANDIDATES,
     objective: str = "auto",
     dynamic_shapes: Any = None,
+    tolerance: float = 0.0,
 ) -> CalibrationReport:
     """Like :func:`calibrate`, returning every measurement alongside the calibrated config."""
     from .passes import optimize  # torch.export machinery: load on use
@@ -151,6 +157,8 @@ def calibrate_layers(
     if not candidates:
         raise ValueError("candidates must name at least one Candidate")
     candidates = [c if isinstance(c, Candidate) else Candidate(**c) for c in candidates]
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance must be a number >= 0; got {tolerance!r}")
     if objective not in ("auto", "kl", "rel_l2"):
         raise ValueError(f"objective must be 'auto', 'kl' or 'rel_l2'; got {objective!r}")
     start = time.perf_counter()
@@ -179,7 +187,7 @@ def calibrate_layers(
             _apply(module, nodes, original, candidate, config)
             scores[candidate.label] = score()
             passes += 1
-        best = min(candidates, key=lambda c: scores[c.label])
+        best = _choose(candidates, scores, [_pairs(nodes, original, c, config) for c in candidates], tolerance)
         _apply(module, nodes, original, best, config)  # greedy: later layers see this choice
         layers[layer], chosen[layer] = scores, best
     calibrated_score = score()
@@ -197,6 +205,37 @@ def calibrate_layers(
         forward_passes=passes,
         seconds=time.perf_counter() - start,
     )
+
+
+def _choose(
+    candidates: Sequence[Candidate], scores: Mapping[str, float], pairs: Sequence[float], tolerance: float
+) -> Candidate:
+    """The cheapest candidate within ``(1 + tolerance)`` of the best objective (ties: list order)."""
+    best = min(scores[c.label] for c in candidates)
+    good = [i for i, c in enumerate(candidates) if scores[c.label] <= best * (1 + tolerance) + 1e-12]
+    return candidates[min(good, key=lambda i: (pairs[i], i))]
+
+
+def _pairs(
+    nodes: Sequence[torch.fx.Node], original: Sequence[Mapping[str, Any]], candidate: Candidate, config: DeltaConfig
+) -> float:
+    """Attended (query, key) pairs per head of a layer's sites under ``candidate`` (cost model);
+    0 when a length is not static (the choice then falls back to list order among the good)."""
+    from .ops.cost import attention_cost
+
+    total = 0.0
+    for node, kw in zip(nodes, original):
+        val = node.args[0].meta.get("val")
+        n = val.shape[2] if val is not None else None
+        if not isinstance(n, int):
+            return 0.0
+        stride = candidate.stride or kw["stride"]
+        tail = kw["tail"] if config.tail is not None else max(128, stride)
+        total += attention_cost(
+            n, window=candidate.window or kw["window"], sinks=kw["sinks"], stride=stride, tail=tail,
+            causal=kw["causal"], correction=candidate.correction, retrieve=candidate.retrieve,
+        ).delta_pairs  # fmt: skip
+    return total
 
 
 def _sites_by_layer(module: torch.fx.GraphModule) -> dict[int, list[torch.fx.Node]]:

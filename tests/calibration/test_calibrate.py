@@ -78,3 +78,23 @@ def test_window_and_stride_candidates_reach_the_plan_and_the_program():
     for _, plan in report.config.layer_plans:
         assert (plan.window, plan.stride) == (96, None)
     assert Candidate("none", window=4, stride=8).plan(4).window == 4
+
+
+def test_tolerance_takes_the_cheapest_good_enough_candidate(calibrated):
+    """With slack, a layer keeps the cheaper rule when its objective is within the tolerance."""
+    model, inputs, strict = calibrated
+    loose = calibrate_layers(model, inputs, CONFIG, candidates=CANDIDATES, tolerance=1e9)
+    assert set(loose.chosen.values()) == {"none"}  # "none" attends the fewest pairs
+    assert loose.calibrated >= strict.calibrated - 1e-12
+    with pytest.raises(ValueError, match="tolerance must be a number >= 0"):
+        calibrate(model, inputs, CONFIG, tolerance=-0.1)
+
+
+def test_choice_within_tolerance():
+    from delta_opt.calibration import _choose
+
+    none, taylor = Candidate("none"), Candidate("taylor", retrieve=4)
+    scores, pairs = {"none": 1.05, "taylor+r4": 1.0}, [10.0, 20.0]
+    assert _choose([none, taylor], scores, pairs, tolerance=0.1) is none
+    assert _choose([none, taylor], scores, pairs, tolerance=0.01) is taylor
+    assert _choose([none, taylor], scores, pairs, tolerance=0.0) is taylor
