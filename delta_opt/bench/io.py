@@ -8,7 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "write_json"]
+__all__ = ["atomic_write_bytes", "new_file_mode", "write_json"]
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 less the umask). ``mkstemp`` makes its
+    files 0o600; a result renamed into place would otherwise be private to its writer."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, force: bool = False) -> Path:
@@ -22,6 +30,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, force: bool = False) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..bench.io import atomic_write_bytes, write_json
+from ..bench.io import atomic_write_bytes, new_file_mode, write_json
 from .errors import CliError
 
 __all__ = ["claim", "write_json_file", "write_text_file", "write_via"]
@@ -58,6 +58,7 @@ def write_text_file(path: Path, text: str, *, force: bool, what: str = "output")
 def _temporary_sibling(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.fchmod(fd, new_file_mode())
     os.close(fd)
     try:
         yield Path(tmp)
