@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from delta_opt import DeltaConfig
-from delta_opt.bench.fidelity import PROBES, load_partial, markdown_table, run, summarize
+from delta_opt.bench.fidelity import add_study_arguments, markdown_table, print_progress_table, run
 from delta_opt.bench.io import write_json
 from delta_opt.calibration import Candidate, calibrate_layers
-from delta_opt.eval import STDLIB_TEXTS, Variant, stdlib_text
+from delta_opt.eval import Variant, stdlib_text
 from delta_opt.ops.cost import attention_cost
 
 SMOLLM2_LAYERS, SMOLLM2_HEADS = 30, 9  # SmolLM2-135M (for --table, which loads no model)
@@ -87,21 +87,11 @@ def calibration(model, tokenizer, path: Path, n_tokens: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-tokens", type=int, default=4096, help="prompt and text length in tokens")
-    parser.add_argument("--eval-tokens", type=int, default=1024, help="perplexity/KL over the last this many tokens")
+    add_study_arguments(parser)
     parser.add_argument("--calibration-tokens", type=int, default=2048, help="tokens of calibration text")
-    parser.add_argument("--trials", type=int, default=20, help="trials per probe (depths spread over 10-80%%)")
-    parser.add_argument("--texts", nargs="+", default=list(STDLIB_TEXTS))
-    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("-o", "--output", help="the JSON result (refuses to overwrite without --force)")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--table", metavar="PROGRESS", help="print the summary of a progress file and exit")
     args = parser.parse_args()
     if args.table:
-        state = load_partial(args.table)
-        print(f"{len(state['units'])} units done", file=sys.stderr)
-        print(markdown_table(summarize(state["units"], state["params"])))
+        state = print_progress_table(args.table)
         for name, config in state["params"]["configs"].items():
             c = compute(DeltaConfig.from_dict(config), state["params"]["n_tokens"], SMOLLM2_LAYERS, SMOLLM2_HEADS)
             print(f"compute {name}: {c['vs_paper']:.3f}x the paper's rule, {c['vs_dense']:.3f}x dense")

@@ -17,28 +17,17 @@ import sys
 
 import torch
 
-from delta_opt.bench.fidelity import PROBES, load_partial, markdown_table, run, summarize
+from delta_opt.bench.fidelity import add_study_arguments, markdown_table, print_progress_table, run
 from delta_opt.bench.io import write_json
-from delta_opt.eval import STDLIB_TEXTS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-tokens", type=int, default=4096, help="prompt and text length in tokens")
-    parser.add_argument("--eval-tokens", type=int, default=1024, help="perplexity/KL over the last this many tokens")
-    parser.add_argument("--trials", type=int, default=20, help="trials per probe (depths spread over 10-80%%)")
-    parser.add_argument("--texts", nargs="+", default=list(STDLIB_TEXTS), help="standard-library modules")
-    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("-o", "--output", help="write the JSON here (refuses to overwrite without --force)")
+    add_study_arguments(parser)
     parser.add_argument("--partial", help="resumable progress file (default: OUTPUT.partial.json)")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--table", metavar="PROGRESS", help="print the summary of a progress file (partial or not) and exit")
     args = parser.parse_args()
     if args.table:
-        state = load_partial(args.table)
-        print(f"{len(state['units'])} units done", file=sys.stderr)
-        print(markdown_table(summarize(state["units"], state["params"])))
+        print_progress_table(args.table)
         return
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,6 +7,8 @@ it stopped (a partial file made with other parameters is refused, never mixed in
 
 from __future__ import annotations
 
+import argparse
+
 import functools
 import json
 import math
@@ -261,6 +263,29 @@ def summarize(units: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
                 row.update(probe_stats([r["configs"][name][variant] for r in results], probe))
             rows[f"{name}/{variant}"] = row
     return rows
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line options every fidelity study script shares (``benchmarks/fidelity.py``,
+    ``benchmarks/corrections.py``)."""
+    add = parser.add_argument
+    add("--n-tokens", type=int, default=4096, help="prompt and text length in tokens")
+    add("--eval-tokens", type=int, default=1024, help="perplexity/KL over the last this many tokens")
+    add("--trials", type=int, default=20, help="trials per probe (depths spread over 10-80%%)")
+    add("--texts", nargs="+", default=list(STDLIB_TEXTS), help="standard-library modules")
+    add("--probes", nargs="+", default=list(PROBES), choices=PROBES)
+    add("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add("-o", "--output", help="write the JSON here (refuses to overwrite without --force)")
+    add("--force", action="store_true")
+    add("--table", metavar="PROGRESS", help="print the summary of a progress file (partial or not) and exit")
+
+
+def print_progress_table(path: str | Path) -> dict[str, Any]:
+    """Print the Markdown table of a progress file (units done on stderr); returns its state."""
+    state = load_partial(path)
+    print(f"{len(state['units'])} units done", file=sys.stderr)
+    print(markdown_table(summarize(state["units"], state["params"])))
+    return state
 
 
 def markdown_table(summary: dict[str, Any]) -> str:

@@ -8,13 +8,18 @@ import torch
 from delta_opt.ops.cost import attention_cost
 
 
-def _brute_force(n, window, sinks, stride, tail, causal):
+def _masks(n, window, sinks, stride, tail, causal):
+    """The spec's dense and sparse masks [n, n], Np, and the anchor rows."""
     i = torch.arange(n).view(-1, 1)
     j = torch.arange(n).view(1, -1)
     dense = (j <= i) if causal else torch.ones(n, n, dtype=torch.bool)
     sparse = dense & (((i - j).abs() < window) | (j < sinks))
     n_corrected = max(0, (n - tail) // stride * stride)
-    anchors = torch.arange(0, n_corrected, stride)
+    return dense, sparse, n_corrected, torch.arange(0, n_corrected, stride)
+
+
+def _brute_force(n, window, sinks, stride, tail, causal):
+    dense, sparse, n_corrected, anchors = _masks(n, window, sinks, stride, tail, causal)
     delta = sparse[:n_corrected].sum() + dense[anchors].sum() + dense[n_corrected:].sum()
     return int(dense.sum()), int(delta)
 
@@ -38,12 +43,7 @@ def test_paper_defaults_ideal_speedups():
 
 
 def _brute_force_rule(n, window, sinks, stride, tail, causal, rule, retrieve):
-    i = torch.arange(n).view(-1, 1)
-    j = torch.arange(n).view(1, -1)
-    dense = (j <= i) if causal else torch.ones(n, n, dtype=torch.bool)
-    sparse = dense & (((i - j).abs() < window) | (j < sinks))
-    n_corrected = max(0, (n - tail) // stride * stride)
-    anchors = torch.arange(0, n_corrected, stride)
+    dense, sparse, n_corrected, anchors = _masks(n, window, sinks, stride, tail, causal)
     long_range = (dense[anchors] & ~sparse[anchors]).sum(-1)  # per anchor
     total = int(sparse[:n_corrected].sum() + dense[n_corrected:].sum())
     if rule == "paper":
