@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from .config import DeltaConfig
-from .plan import Correction, LayerPlan
+from .plan import Correction, LayerPlan, format_corrections
 
 __all__ = ["Candidate", "CalibrationReport", "DEFAULT_CANDIDATES", "calibrate", "calibrate_layers"]
 
@@ -35,15 +35,21 @@ OP = "delta_opt::delta_attention"
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """One way to run a layer: a correction rule, retrieved keys per anchor, optionally a stride
-    and a window (None: the config's)."""
+    and a window (None: the config's), and optionally one rule per query head (``heads``, which
+    then overrides ``correction``; per-head calibration makes these)."""
 
     correction: Correction
     retrieve: int = 0
     stride: int | None = None
     window: int | None = None
+    heads: tuple[Correction, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "correction", Correction.parse(self.correction))
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(Correction.parse(r, name="heads") for r in self.heads))
+            if not self.heads:
+                raise ValueError("heads must name one rule per query head; got none")
         if isinstance(self.retrieve, bool) or not isinstance(self.retrieve, int) or self.retrieve < 0:
             raise ValueError(f"retrieve must be an integer >= 0; got {self.retrieve!r}")
         for name in ("stride", "window"):
@@ -52,8 +58,13 @@ class Candidate:
                 raise ValueError(f"{name} must be an integer >= 1 or None; got {value!r}")
 
     @property
+    def rules(self) -> str:
+        """The op's ``correction`` argument: one rule, or one per head."""
+        return format_corrections(self.heads) if self.heads else self.correction.value
+
+    @property
     def label(self) -> str:
-        parts = [self.correction.value]
+        parts = [f"heads({self.rules})" if self.heads else self.correction.value]
         if self.retrieve:
             parts.append(f"r{self.retrieve}")
         if self.stride is not None:
@@ -63,7 +74,10 @@ class Candidate:
         return "+".join(parts)
 
     def plan(self, heads: int | None) -> LayerPlan:
-        corrections = (self.correction,) * heads if heads else ()
+        if self.heads is not None:
+            corrections: tuple[Correction, ...] = self.heads
+        else:
+            corrections = (self.correction,) * heads if heads else ()
         return LayerPlan(corrections=corrections, window=self.window, stride=self.stride, retrieve=self.retrieve)
 
 
@@ -120,6 +134,7 @@ def calibrate(
     objective: str = "auto",
     dynamic_shapes: Any = None,
     tolerance: float = 0.0,
+    per_head: bool = False,
 ) -> DeltaConfig:
     """``config`` with a per-layer plan chosen on ``calibration_inputs`` (see the module docstring).
 
@@ -134,10 +149,15 @@ def calibrate(
         tolerance: relative slack on the objective: a layer takes the cheapest candidate (fewest
             attended pairs, :func:`delta_opt.ops.cost.attention_cost`) whose objective is within
             ``(1 + tolerance)`` of the layer's best. 0 takes the best.
+        per_head: also try, per layer, a per-head mix of the candidates' rules: on the layer's own
+            inputs, each query head takes the rule with the lowest attention-output error against
+            dense at its non-anchor rows ``[0, Np)`` (one mix per retrieve value). The mix is one
+            more candidate, judged like the others by the model's output — a local error alone
+            is a poor guide (module docstring). Costs one more forward pass per layer and mix.
     """
     return calibrate_layers(
         model, calibration_inputs, config, candidates=candidates, objective=objective,
-        dynamic_shapes=dynamic_shapes, tolerance=tolerance,
+        dynamic_shapes=dynamic_shapes, tolerance=tolerance, per_head=per_head,
     ).config  # fmt: skip
 
 
@@ -150,6 +170,7 @@ def calibrate_layers(
     objective: str = "auto",
     dynamic_shapes: Any = None,
     tolerance: float = 0.0,
+    per_head: bool = False,
 ) -> CalibrationReport:
     """Like :func:`calibrate`, returning every measurement alongside the calibrated config."""
     from .passes import optimize  # torch.export machinery: load on use
@@ -182,12 +203,16 @@ def calibrate_layers(
     chosen: dict[int, Candidate] = {}
     for layer, nodes in sites.items():
         original = [dict(node.kwargs) for node in nodes]
+        tried = list(candidates)
+        if per_head:
+            tried += _per_head_candidates(module, nodes, candidates, lambda: _call(module, calibration_inputs))
+            passes += 1
         scores: dict[str, float] = {}
-        for candidate in candidates:
+        for candidate in tried:
             _apply(module, nodes, original, candidate, config)
             scores[candidate.label] = score()
             passes += 1
-        best = _choose(candidates, scores, [_pairs(nodes, original, c, config) for c in candidates], tolerance)
+        best = _choose(tried, scores, [_pairs(nodes, original, c, config) for c in tried], tolerance)
         _apply(module, nodes, original, best, config)  # greedy: later layers see this choice
         layers[layer], chosen[layer] = scores, best
     calibrated_score = score()
@@ -205,6 +230,74 @@ def calibrate_layers(
         forward_passes=passes,
         seconds=time.perf_counter() - start,
     )
+
+
+def _per_head_candidates(
+    module: torch.fx.GraphModule, nodes: Sequence[torch.fx.Node], candidates: Sequence[Candidate], run: Any
+) -> list[Candidate]:
+    """Per-head mixes of the candidates' rules (one per retrieve value), each head taking the rule
+    with the lowest attention-output error at its non-anchor rows on the layer's own inputs."""
+    groups: dict[int, list[Candidate]] = {}
+    for c in candidates:
+        if c.heads is None and c.stride is None and c.window is None:
+            groups.setdefault(c.retrieve, []).append(c)
+    groups = {r: group for r, group in groups.items() if len({c.correction for c in group}) > 1}
+    if not groups:
+        return []
+    calls = _capture(module, nodes, run)
+    mixes = []
+    for retrieve, group in groups.items():
+        errors = sum(_head_errors(args, kwargs, group, retrieve) for args, kwargs in calls)  # [rules, Hq]
+        rules = tuple(group[int(i)].correction for i in errors.argmin(0))
+        if len(set(rules)) > 1:  # one rule everywhere is already a candidate
+            mixes.append(Candidate(rules[0], retrieve=retrieve, heads=rules))
+    return mixes
+
+
+def _capture(module: torch.fx.GraphModule, nodes: Sequence[torch.fx.Node], run: Any) -> list[tuple[tuple, dict]]:
+    """The arguments the op receives at ``nodes`` in one forward pass (``run()``)."""
+    op = torch.ops.delta_opt.delta_attention.default
+    calls: list[tuple[tuple, dict]] = []
+
+    def record(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append((args, kwargs))
+        return op(*args, **kwargs)
+
+    for node in nodes:
+        node.target = record
+    module.recompile()
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for node in nodes:
+            node.target = op
+        module.recompile()
+    return calls
+
+
+def _head_errors(args: tuple, kwargs: dict, group: Sequence[Candidate], retrieve: int) -> torch.Tensor:
+    """[len(group), Hq] squared error against dense attention over rows ``[0, Np)`` that are not
+    anchors, relative to the dense output's energy there, for each rule of ``group``."""
+    from .ops.checks import num_corrected_rows, resolve_tail
+
+    op = torch.ops.delta_opt.delta_attention.default
+    q, k = args[0], args[1]
+    n_q, n_k, stride = q.shape[2], k.shape[2], kwargs["stride"]
+    n_corrected = num_corrected_rows(n_q, stride, resolve_tail(kwargs["tail"], stride)) if n_q == n_k else 0
+    rows = torch.arange(n_corrected, device=q.device)
+    rows = rows[rows % stride != 0]
+    errors = torch.zeros(len(group), q.shape[1], dtype=torch.float64)
+    if rows.numel() == 0:
+        return errors
+    with torch.no_grad():
+        dense = op(*args, **{**kwargs, "window": n_k, "stride": 1, "tail": 0, "correction": "paper", "retrieve": 0})
+        dense = dense[:, :, rows].double()
+        energy = dense.square().sum(dim=(0, 2, 3)).clamp_min(torch.finfo(torch.float64).tiny)
+        for i, c in enumerate(group):
+            approx = op(*args, **{**kwargs, "correction": c.correction.value, "retrieve": retrieve})[:, :, rows]
+            errors[i] = (approx.double() - dense).square().sum(dim=(0, 2, 3)) / energy
+    return errors
 
 
 def _choose(
@@ -231,10 +324,14 @@ def _pairs(
             return 0.0
         stride = candidate.stride or kw["stride"]
         tail = kw["tail"] if config.tail is not None else max(128, stride)
-        total += attention_cost(
-            n, window=candidate.window or kw["window"], sinks=kw["sinks"], stride=stride, tail=tail,
-            causal=kw["causal"], correction=candidate.correction, retrieve=candidate.retrieve,
-        ).delta_pairs  # fmt: skip
+        rules = candidate.heads or (candidate.correction,)
+        total += sum(
+            attention_cost(
+                n, window=candidate.window or kw["window"], sinks=kw["sinks"], stride=stride, tail=tail,
+                causal=kw["causal"], correction=rule, retrieve=candidate.retrieve,
+            ).delta_pairs
+            for rule in rules
+        ) / len(rules)  # fmt: skip
     return total
 
 
@@ -272,7 +369,7 @@ def _apply(
         tail = kwargs["tail"] if config.tail is not None else max(128, stride)
         node.kwargs = {
             **kwargs,
-            "correction": candidate.correction.value,
+            "correction": candidate.rules,
             "retrieve": candidate.retrieve,
             "stride": stride,
             "tail": tail,

@@ -98,3 +98,53 @@ def test_choice_within_tolerance():
     assert _choose([none, taylor], scores, pairs, tolerance=0.1) is none
     assert _choose([none, taylor], scores, pairs, tolerance=0.01) is taylor
     assert _choose([none, taylor], scores, pairs, tolerance=0.0) is taylor
+
+
+def test_per_head_mix_is_tried_and_judged_by_the_model_output(monkeypatch):
+    """Per-head calibration adds a mix of the rules (each head its own lowest-error rule) as one
+    more candidate per layer; whatever wins, the program runs exactly the plan it reports.
+
+    On random tiny models every head prefers the same rule, so the error table is fixed here
+    (heads 0 and 2 prefer "none", 1 and 3 "paper"); the table itself is tested below on real data.
+    """
+    import delta_opt.calibration as calibration
+
+    table = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    monkeypatch.setattr(calibration, "_head_errors", lambda args, kwargs, group, retrieve: table)
+    model, inputs = tiny_llama(seq_len=96, seed=3)
+    candidates = [Candidate("none"), Candidate("paper")]
+    report = calibrate_layers(model, inputs, CONFIG, candidates=candidates, per_head=True)
+    mix = "heads(none,paper,none,paper)"
+    assert all(set(scores) == {"none", "paper", mix} for scores in report.layers.values())
+    assert report.forward_passes == 2 + 2 * (len(candidates) + 2)  # + capture and mix per layer
+    for layer, scores in report.layers.items():
+        assert report.chosen[layer] == min(scores, key=scores.get)
+    program, _ = delta_opt.optimize(model, inputs, report.config)
+    with torch.no_grad():
+        converted = program.module()(**inputs).logits
+        dense = model(**inputs).logits
+    assert kl_divergence(dense, converted) == pytest.approx(report.calibrated, rel=1e-5, abs=1e-9)
+    # Layer 0 is scored first, the others as given: its mix's score is that plan's, converted afresh.
+    mixed = CONFIG.replace(layer_plans={0: {"corrections": ["none", "paper"] * 2}})
+    program, _ = delta_opt.optimize(model, inputs, mixed)
+    with torch.no_grad():
+        alone = kl_divergence(dense, program.module()(**inputs).logits)
+    assert report.layers[0][mix] == pytest.approx(alone, rel=1e-5, abs=1e-9)
+
+
+def test_per_head_errors_pick_the_rule_closest_to_dense():
+    """On one layer's inputs, the error table ranks a rule that reads the anchor's long-range
+    keys (taylor) against one that reads none, head by head, against a direct computation."""
+    from delta_opt.calibration import _head_errors
+    from delta_opt.testing import make_inputs
+
+    x = make_inputs(batch=1, q_heads=4, kv_heads=2, n=80, head_dim=16, seed=1)
+    kwargs = dict(causal=True, window=6, sinks=2, stride=8, tail=8, scale=None, correction="paper", retrieve=0, impl="auto")
+    group = [Candidate("none"), Candidate("taylor")]
+    errors = _head_errors((x.q, x.k, x.v, None), kwargs, group, 0)
+    dense = delta_opt.delta_attention(x.q, x.k, x.v, causal=True, window=80, sinks=0, stride=1, tail=0)
+    rows = [i for i in range(72) if i % 8]
+    for i, rule in enumerate(("none", "taylor")):
+        approx = delta_opt.delta_attention(x.q, x.k, x.v, **{**kwargs, "correction": rule})
+        want = (approx - dense)[:, :, rows].double().square().sum((0, 2, 3)) / dense[:, :, rows].double().square().sum((0, 2, 3))
+        torch.testing.assert_close(errors[i], want, rtol=1e-6, atol=1e-12)
