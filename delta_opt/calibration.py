@@ -13,7 +13,15 @@ README's fidelity section). A local proxy would pick it everywhere.
 
 The search is greedy in layer order (each layer is tried with the layers before it already
 calibrated), costs ``layers x candidates`` forward passes, and edits the converted program's op
-arguments in place between passes — no re-export.
+arguments in place between passes — no re-export. Two refinements: ``tolerance`` prefers the
+cheapest candidate (pair-count cost model) that is nearly as good as a layer's best, and
+``per_head`` adds a per-head mix of the rules, made from each head's own attention error and then
+judged, like every candidate, by the model output.
+
+Measured on SmolLM2-135M (README, "Corrections, retrieval and calibration"): on 2K tokens of
+``inspect``'s source the greedy search lowered the calibration KL from 0.165 to 0.104, but most
+layers' candidates differed by less than 1% — the per-layer choice carried little signal, and the
+calibrated plan did not beat the best uniform candidate on the evaluation texts.
 """
 
 from __future__ import annotations
