@@ -73,14 +73,20 @@ def compute(config: DeltaConfig, n: int, layers: int, heads: int) -> dict[str, f
     return {"pairs": mean, "vs_dense": mean / paper.dense_pairs, "vs_paper": mean / paper.delta_pairs}
 
 
-def calibration(model, tokenizer, path: Path, n_tokens: int) -> dict:
+def calibration(model, tokenizer, path: Path, n_tokens: int, *, per_head: bool, tolerance: float) -> dict:
     """Calibrate ``BASE`` on ``n_tokens`` of the ``inspect`` module's source (cached in ``path``)."""
     if path.exists():
         return json.loads(path.read_text())
     ids = tokenizer(stdlib_text("inspect"), add_special_tokens=False, return_tensors="pt").input_ids[:, :n_tokens]
-    report = calibrate_layers(model, {"input_ids": ids, "use_cache": False}, BASE.replace(correction="none"), candidates=CANDIDATES)
+    report = calibrate_layers(
+        model, {"input_ids": ids, "use_cache": False}, BASE.replace(correction="none"), candidates=CANDIDATES,
+        per_head=per_head, tolerance=tolerance,
+    )  # fmt: skip
     print(report, file=sys.stderr)
-    result = {"calibration_text": "inspect", "n_tokens": int(ids.shape[1]), **report.to_dict()}
+    result = {
+        "calibration_text": "inspect", "n_tokens": int(ids.shape[1]), "per_head": per_head, "tolerance": tolerance,
+        **report.to_dict(),
+    }  # fmt: skip
     write_json(path, result, force=True)
     return result
 
@@ -89,6 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)
     parser.add_argument("--calibration-tokens", type=int, default=2048, help="tokens of calibration text")
+    parser.add_argument("--per-head", action="store_true", help="calibrate with per-head mixes (calibrate(per_head=True))")
+    parser.add_argument("--tolerance", type=float, default=0.0, help="calibrate(tolerance=...): prefer cheaper within it")
     args = parser.parse_args()
     if args.table:
         state = print_progress_table(args.table)
@@ -106,7 +114,10 @@ def main() -> None:
     from delta_opt.models import load_smollm2
 
     model, tokenizer = load_smollm2()
-    cal = calibration(model, tokenizer, Path(f"{args.output}.calibration.json"), args.calibration_tokens)
+    cal = calibration(
+        model, tokenizer, Path(f"{args.output}.calibration.json"), args.calibration_tokens,
+        per_head=args.per_head, tolerance=args.tolerance,
+    )  # fmt: skip
     configs, variants_for = study_configs(DeltaConfig.from_dict(cal["config"]))
     result = run(
         partial=f"{args.output}.partial.json",
