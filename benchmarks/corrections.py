@@ -34,7 +34,7 @@ from delta_opt.bench.fidelity import add_study_arguments, markdown_table, print_
 from delta_opt.bench.io import write_json
 from delta_opt.calibration import Candidate, calibrate_layers
 from delta_opt.eval import Variant, stdlib_text
-from delta_opt.ops.cost import attention_cost
+from delta_opt.ops.cost import attention_cost, op_pairs
 
 SMOLLM2_LAYERS, SMOLLM2_HEADS = 30, 9  # SmolLM2-135M (for --table, which loads no model)
 BASE = DeltaConfig(window=128, sinks=32, stride=16)
@@ -58,17 +58,8 @@ def study_configs(calibrated: DeltaConfig) -> tuple[dict[str, DeltaConfig], dict
 def compute(config: DeltaConfig, n: int, layers: int, heads: int) -> dict[str, float]:
     """Attended pairs of ``config`` (every layer's plan, every head's rule) at length ``n``, per
     layer and head on average, and relative to dense and to the paper's rule at the same W, S, G."""
-    pairs = 0
-    for layer in range(layers):
-        kw = config.op_kwargs(layer, heads)
-        rules = kw["correction"].split(",")
-        rules = rules * heads if len(rules) == 1 else rules
-        for rule in rules:
-            pairs += attention_cost(
-                n, window=kw["window"], sinks=kw["sinks"], stride=kw["stride"], tail=kw["tail"], causal=True,
-                correction=rule, retrieve=kw["retrieve"],
-            ).delta_pairs  # fmt: skip
-    mean = pairs / (layers * heads)
+    pairs = sum(op_pairs(n, {**config.op_kwargs(layer, heads), "causal": True}) for layer in range(layers))
+    mean = pairs / layers
     paper = attention_cost(n, window=config.window, sinks=config.sinks, stride=config.stride, tail=config.tail, causal=True)
     return {"pairs": mean, "vs_dense": mean / paper.dense_pairs, "vs_paper": mean / paper.delta_pairs}
 

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .config import DeltaConfig
+from .config import DeltaConfig, default_tail
 from .plan import Correction, LayerPlan, format_corrections
 
 __all__ = ["Candidate", "CalibrationReport", "DEFAULT_CANDIDATES", "calibrate", "calibrate_layers"]
@@ -322,24 +322,15 @@ def _pairs(
 ) -> float:
     """Attended (query, key) pairs per head of a layer's sites under ``candidate`` (cost model);
     0 when a length is not static (the choice then falls back to list order among the good)."""
-    from .ops.cost import attention_cost
+    from .ops.cost import op_pairs
 
     total = 0.0
-    for node, kw in zip(nodes, original):
+    for node, kwargs in zip(nodes, original):
         val = node.args[0].meta.get("val")
         n = val.shape[2] if val is not None else None
         if not isinstance(n, int):
             return 0.0
-        stride = candidate.stride or kw["stride"]
-        tail = kw["tail"] if config.tail is not None else max(128, stride)
-        rules = candidate.heads or (candidate.correction,)
-        total += sum(
-            attention_cost(
-                n, window=candidate.window or kw["window"], sinks=kw["sinks"], stride=stride, tail=tail,
-                causal=kw["causal"], correction=rule, retrieve=candidate.retrieve,
-            ).delta_pairs
-            for rule in rules
-        ) / len(rules)  # fmt: skip
+        total += op_pairs(n, _candidate_kwargs(kwargs, candidate, config))
     return total
 
 
@@ -365,6 +356,20 @@ def _heads(nodes: Iterable[torch.fx.Node]) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _candidate_kwargs(kwargs: Mapping[str, Any], candidate: Candidate, config: DeltaConfig) -> dict[str, Any]:
+    """A site's op arguments (as converted) with ``candidate`` applied; an unset tail follows
+    the candidate's stride as it would in the config (:func:`~delta_opt.config.default_tail`)."""
+    stride = candidate.stride or kwargs["stride"]
+    return {
+        **kwargs,
+        "correction": candidate.rules,
+        "retrieve": candidate.retrieve,
+        "stride": stride,
+        "tail": kwargs["tail"] if config.tail is not None else default_tail(stride),
+        "window": candidate.window or kwargs["window"],
+    }
+
+
 def _apply(
     module: torch.fx.GraphModule,
     nodes: Sequence[torch.fx.Node],
@@ -373,16 +378,7 @@ def _apply(
     config: DeltaConfig,
 ) -> None:
     for node, kwargs in zip(nodes, original):
-        stride = candidate.stride or kwargs["stride"]
-        tail = kwargs["tail"] if config.tail is not None else max(128, stride)
-        node.kwargs = {
-            **kwargs,
-            "correction": candidate.rules,
-            "retrieve": candidate.retrieve,
-            "stride": stride,
-            "tail": tail,
-            "window": candidate.window or kwargs["window"],
-        }
+        node.kwargs = _candidate_kwargs(kwargs, candidate, config)
     module.recompile()
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..plan import Correction
 from .checks import num_corrected_rows, resolve_tail
 
-__all__ = ["AttentionCost", "attention_cost"]
+__all__ = ["AttentionCost", "attention_cost", "op_pairs"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +101,16 @@ def attention_cost(
         extra += int(np.minimum(retrieve, np.repeat(long_range, stride)[:n_corrected]).sum())
     tail_pairs = _dense_row_pairs(rows[n_corrected:], n, causal)
     return AttentionCost(n, dense_pairs, sparse_pairs, anchor_pairs, tail_pairs, extra)
+
+
+def op_pairs(n: int, kwargs: dict) -> float:
+    """Attended pairs per head, averaged over heads, of one ``delta_attention`` call on ``n``
+    tokens given its keyword arguments (``correction``: one rule, or comma-separated per head)."""
+    rules = kwargs["correction"].split(",")
+    return sum(
+        attention_cost(
+            n, window=kwargs["window"], sinks=kwargs["sinks"], stride=kwargs["stride"], tail=kwargs["tail"],
+            causal=kwargs["causal"], correction=rule, retrieve=kwargs["retrieve"],
+        ).delta_pairs
+        for rule in rules
+    ) / len(rules)  # fmt: skip

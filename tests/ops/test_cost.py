@@ -71,3 +71,12 @@ def test_none_without_retrieval_is_the_cheapest():
     kw = dict(window=128, sinks=32, stride=16, causal=True)
     none, taylor, paper = (attention_cost(4096, **kw, correction=r).delta_pairs for r in ("none", "taylor", "paper"))
     assert none < taylor < paper
+
+
+def test_op_pairs_averages_a_per_head_plan():
+    from delta_opt.ops.cost import op_pairs
+
+    kw = dict(window=16, sinks=4, stride=8, tail=16, causal=True, retrieve=2)
+    one = {rule: attention_cost(200, **kw, correction=rule).delta_pairs for rule in ("none", "taylor", "paper")}
+    assert op_pairs(200, {**kw, "correction": "taylor"}) == one["taylor"]
+    assert op_pairs(200, {**kw, "correction": "none,paper,paper,taylor"}) == (one["none"] + 2 * one["paper"] + one["taylor"]) / 4
