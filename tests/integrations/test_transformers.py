@@ -15,25 +15,16 @@ transformers = pytest.importorskip("transformers", reason="needs transformers (t
 from delta_opt import DeltaConfig, apply_to_hf  # noqa: E402
 from delta_opt.integrations.transformers import ATTN_IMPLEMENTATION, delta_attention_forward  # noqa: E402
 from delta_opt.ops.reference import delta_attention_reference  # noqa: E402
+from delta_opt.zoo import tiny_llama_config  # noqa: E402
 
 CONFIG = DeltaConfig(window=8, sinks=2, stride=4, tail=6)
 
 
 def _llama(seed: int = 0, **overrides):
+    """The zoo's tiny Llama (64 wide, 2 layers, 4 query / 2 kv heads) in float64, smaller vocabulary."""
     torch.manual_seed(seed)
-    kwargs = dict(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        attn_implementation="sdpa",
-    )
-    kwargs.update(overrides)
-    config = transformers.LlamaConfig(**kwargs)
+    sizes = dict(vocab_size=97, intermediate_size=96, head_dim=16, max_position_embeddings=256)
+    config = tiny_llama_config(**{**sizes, "attn_implementation": "sdpa", **overrides})
     return transformers.LlamaForCausalLM(config).to(torch.float64).eval()
 
 
