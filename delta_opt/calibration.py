@@ -7,9 +7,9 @@ the dense model's — the KL divergence of the next-token distributions for a la
 relative L2 error of the output otherwise. The result is a :class:`~delta_opt.DeltaConfig` whose
 ``layer_plans`` record the choice; every backend honours it.
 
-Why the model output and not each layer's attention error: on SmolLM2-135M the ``taylor`` rule
-halves the relative error of the attention outputs against dense, yet raises perplexity (see the
-README's fidelity section). A local proxy would pick it everywhere.
+Why the model output and not each layer's attention error: on SmolLM2-135M, ``taylor`` with
+retrieval has the better per-layer attention SQNR than ``none`` with retrieval, yet the worse
+perplexity (README, "Corrections, retrieval and calibration"). A local proxy would pick it everywhere.
 
 The search is greedy in layer order (each layer is tried with the layers before it already
 calibrated), costs ``layers x candidates`` forward passes, and edits the converted program's op
